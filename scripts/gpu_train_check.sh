@@ -3,7 +3,8 @@
 # (tokens/s and peak memory over a short run), then the default DNA and text runs.
 # Usage (on a CUDA machine, bytelm installed): OUT=results_dir bash scripts/gpu_train_check.sh
 # Env: ARCH_STEPS (default 20) steps per architecture run; RUNS (default /tmp/bytelm-runs)
-# where checkpoints go; EXTRA_TEXT_ARGS extra options for the default text run.
+# where checkpoints go; EXTRA_TEXT_ARGS extra options for the default text run; SKIP_ARCH=1 runs
+# only the two default runs.
 set -uo pipefail
 OUT=${OUT:-gpu_out}
 RUNS=${RUNS:-/tmp/bytelm-runs}
@@ -12,7 +13,8 @@ mkdir -p "$OUT" "$RUNS"
 export PYTHONUNBUFFERED=1 BYTELM_CACHE=${BYTELM_CACHE:-/tmp/bytelm-cache}
 
 bytelm info | tee "$OUT/info.txt"
-for data in dna text; do
+touch "$OUT/arch.jsonl"
+[ "${SKIP_ARCH:-0}" = 1 ] || for data in dna text; do
   for model in mamba mamba2 transformer hybrid; do
     timeout 240 bytelm train --data "$data" --model "$model" --preset base --device cuda \
       --steps "$ARCH_STEPS" --eval-every "$ARCH_STEPS" --warmup 10 --out "$RUNS/$model-$data" \

@@ -231,3 +231,24 @@ def test_nan_loss_skips_then_stops_with_checkpoint_intact(tmp_path, monkeypatch,
     # the last good checkpoint is the one written before, or a later good one; it loads
     from bytelm.train.checkpoint import load_pointer
     assert load_pointer(out)["step"] >= json.loads(pointer)["step"]
+
+
+def test_gpu_defaults_follow_corpus_size():
+    """On a GPU a small corpus gets the small preset with dropout (a 90M model memorises 1 MB);
+    a big one the base preset; anything the user set wins."""
+    from bytelm.train.config import SMALL_CORPUS_TOKENS, TrainConfig, with_defaults
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    small = with_defaults(TrainConfig(data="text"), cuda, train_tokens=1_000_000)
+    assert (small.preset, small.seq_len, small.batch_size) == ("small", 512, 32)
+    assert small.model_overrides == {"dropout": 0.1}
+    big = with_defaults(TrainConfig(data="dna"), cuda, train_tokens=SMALL_CORPUS_TOKENS)
+    assert (big.preset, big.seq_len, big.batch_size, big.model_overrides) == ("base", 2048, 8, None)
+    assert small.batch_size * small.seq_len == big.batch_size * big.seq_len
+    chosen = with_defaults(TrainConfig(data="text", preset="base"), cuda, train_tokens=1_000_000)
+    assert (chosen.preset, chosen.seq_len, chosen.model_overrides) == ("base", 2048, None)
+    no_drop = with_defaults(TrainConfig(data="text", model_overrides={"dropout": 0.0}), cuda,
+                            train_tokens=1_000_000)
+    assert no_drop.model_overrides == {"dropout": 0.0} and no_drop.preset == "small"
+    on_cpu = with_defaults(TrainConfig(data="text"), cpu, train_tokens=1_000_000)
+    assert on_cpu.preset == "tiny" and on_cpu.model_overrides is None

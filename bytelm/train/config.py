@@ -1,7 +1,12 @@
 """Training configuration and the defaults that make `bytelm train --data dna` a good run.
 
 Defaults depend on the device: on a CPU a tiny model that beats every generic compressor in a
-few minutes; on a GPU the 90M base preset at the benchmark shape (8 x 2048 tokens).
+few minutes; on a GPU the 90M base preset at the benchmark shape (8 x 2048 tokens), unless the
+corpus is too small for it: a default GPU run sees ~4.9 M tokens, and a 90M model trained for
+several epochs over a ~1 MB corpus (Tiny Shakespeare) memorises it (val 2.47 bits/byte at 300
+steps, measured). Below SMALL_CORPUS_TOKENS train tokens the GPU default is the 20M small
+preset with residual dropout 0.1 on 32 x 512 windows (same tokens per step), which reaches
+~2.09 there.
 """
 
 from __future__ import annotations
@@ -56,6 +61,12 @@ CPU_DEFAULTS = dict(preset="tiny", seq_len=256, batch_size=16, steps=250, lr=3e-
                     eval_every=100, eval_tokens=65536)
 CUDA_DEFAULTS = dict(preset="base", seq_len=2048, batch_size=8, steps=300, lr=1e-3,
                      warmup=50, eval_every=100, eval_tokens=None)
+# GPU defaults when the train split is smaller than SMALL_CORPUS_TOKENS (the default run would
+# take more than ~2 epochs over it).
+SMALL_CORPUS_TOKENS = 2_500_000
+CUDA_SMALL_CORPUS_DEFAULTS = dict(CUDA_DEFAULTS, preset="small", seq_len=512, batch_size=32,
+                                  lr=2e-3, warmup=30)
+SMALL_CORPUS_DROPOUT = 0.1
 
 
 def resolve_device(name: str) -> torch.device:
@@ -68,9 +79,20 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def with_defaults(cfg: TrainConfig, device: torch.device) -> TrainConfig:
-    defaults = CUDA_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
+def with_defaults(cfg: TrainConfig, device: torch.device,
+                  train_tokens: int | None = None) -> TrainConfig:
+    """Fill what the user left unset. `train_tokens` (size of the train split) picks the GPU
+    small-corpus defaults; they apply as a whole only when the user chose no preset."""
     values = cfg.to_dict()
+    small = (device.type == "cuda" and train_tokens is not None
+             and train_tokens < SMALL_CORPUS_TOKENS and values["preset"] is None)
+    if device.type != "cuda":
+        defaults = CPU_DEFAULTS
+    else:
+        defaults = CUDA_SMALL_CORPUS_DEFAULTS if small else CUDA_DEFAULTS
+    if small and "dropout" not in (values["model_overrides"] or {}):
+        values["model_overrides"] = dict(values["model_overrides"] or {},
+                                         dropout=SMALL_CORPUS_DROPOUT)
     for key, value in defaults.items():
         if values[key] is None:
             values[key] = value

@@ -134,13 +134,13 @@ class TrainHooks:
 def train(cfg: TrainConfig, resume: bool = False, console=None, quiet: bool = False,
           hooks: TrainHooks | None = None) -> dict:
     device = resolve_device(cfg.device)
-    cfg = with_defaults(cfg, device)
-    out = Path(cfg.out)
-    torch.manual_seed(cfg.seed)
-
     corpus = load_corpus(cfg.data, tokenizer=cfg.tokenizer, bpe_vocab=cfg.bpe_vocab,
                          cache_dir=cfg.cache_dir, keep_case=cfg.keep_case, field=cfg.field,
-                         seq_len=cfg.seq_len)
+                         seq_len=cfg.seq_len)   # a --seq-len too long fails before caching
+    cfg = with_defaults(cfg, device, train_tokens=len(corpus.split("train")))
+    corpus.check_window(cfg.seq_len)
+    out = Path(cfg.out)
+    torch.manual_seed(cfg.seed)
     codec = corpus.codec
     try:
         model_cfg = make_config(cfg.model, cfg.preset, vocab_size=codec.vocab_size,
