@@ -176,35 +176,58 @@ def selective_scan_rows(args) -> list[dict]:
     return rows
 
 
+def _scan_outputs(inputs):
+    """y and every gradient at the current kernel configs (for the sweep's agreement check)."""
+    from bytelm.kernels.selective_scan.triton_op import selective_scan
+
+    leaves = {k: (v.detach().requires_grad_() if v.is_floating_point() else v) for k, v in inputs.items()}
+    y = selective_scan(**leaves, delta_softplus=True)
+    params = [v for v in leaves.values() if v.requires_grad]
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    dy = torch.randn(y.shape, device="cuda", generator=gen).to(y.dtype)
+    return [y.detach().float()] + [g.float() for g in torch.autograd.grad(y, params, dy)]
+
+
+def _max_rel(outs, refs) -> float:
+    return max(((a - b).norm() / b.norm().clamp_min(1e-30)).item() for a, b in zip(outs, refs))
+
+
 def selective_scan_sweep() -> None:
-    """Tile-shape variants of the forward and backward (printed, not in the main table)."""
+    """Tile-shape variants of the forward and backward (printed, not in the main table). Each
+    variant's y and gradients at 8x2048 are compared with the default configs' ("agree"), which
+    gpu_check_selective_scan.py checks against the reference."""
     from bytelm.kernels.selective_scan import triton_bwd, triton_fwd
     from bytelm.kernels.selective_scan.triton_op import selective_scan
 
     fwd0, bwd0 = dict(triton_fwd.FWD_CFG), dict(triton_bwd.BWD_CFG)
-    print("\nsweep: forward configs (ms)")
-    for c in [dict(BLOCK_D=8, BLOCK_L=32, num_warps=4), dict(BLOCK_D=4, BLOCK_L=32, num_warps=4),
-              dict(BLOCK_D=8, BLOCK_L=16, num_warps=4), dict(BLOCK_D=16, BLOCK_L=32, num_warps=8),
-              dict(BLOCK_D=4, BLOCK_L=64, num_warps=4)]:
-        for pps in (2, 4, 8):
-            triton_fwd.FWD_CFG.update(c, programs_per_sm=pps)
-            ms = []
-            for batch, L in SHAPES:
-                inputs = scan_inputs(batch, L)
-                ms.append(bench_ms(lambda: selective_scan(**inputs, delta_softplus=True)))
-            print(f"  {c} pps={pps}: " + "  ".join(f"{m:.3f}" for m in ms), flush=True)
+    check = scan_inputs(8, 2048)
+    ref = _scan_outputs(check)
+    print("\nsweep: forward configs (ms at " + " / ".join(f"{b}x{L}" for b, L in SHAPES) + ")")
+    for c in [dict(BLOCK_D=1, BLOCK_L=1024, num_warps=4), dict(BLOCK_D=1, BLOCK_L=2048, num_warps=8),
+              dict(BLOCK_D=1, BLOCK_L=512, num_warps=4), dict(BLOCK_D=1, BLOCK_L=256, num_warps=2),
+              dict(BLOCK_D=2, BLOCK_L=512, num_warps=4), dict(BLOCK_D=2, BLOCK_L=1024, num_warps=8),
+              dict(BLOCK_D=4, BLOCK_L=256, num_warps=4)]:
+        triton_fwd.FWD_CFG.update(c)
+        ms = []
+        for batch, L in SHAPES:
+            inputs = scan_inputs(batch, L)
+            ms.append(bench_ms(lambda: selective_scan(**inputs, delta_softplus=True)))
+        agree = _max_rel(_scan_outputs(check)[:1], ref[:1])
+        print(f"  {c}: " + "  ".join(f"{m:.3f}" for m in ms) + f"  agree {agree:.1e}", flush=True)
     triton_fwd.FWD_CFG.clear()
     triton_fwd.FWD_CFG.update(fwd0)
     print("\nsweep: backward configs, fwd+bwd ms")
-    for c in [dict(BLOCK_D=16, BLOCK_L=16, num_warps=4), dict(BLOCK_D=32, BLOCK_L=16, num_warps=8),
-              dict(BLOCK_D=8, BLOCK_L=32, num_warps=4), dict(BLOCK_D=16, BLOCK_L=32, num_warps=8)]:
-        for mc in (256, 512):
-            triton_bwd.BWD_CFG.update(c, max_chunk=mc)
-            ms = []
-            for batch, L in SHAPES:
-                inputs = scan_inputs(batch, L)
-                ms.append(time_scan(lambda **kw: selective_scan(**kw, delta_softplus=True), inputs)[1])
-            print(f"  {c} max_chunk={mc}: " + "  ".join(f"{m:.3f}" for m in ms), flush=True)
+    for c in [dict(BLOCK_D=4, BLOCK_L=256, num_warps=4), dict(BLOCK_D=2, BLOCK_L=256, num_warps=4),
+              dict(BLOCK_D=4, BLOCK_L=128, num_warps=4), dict(BLOCK_D=8, BLOCK_L=128, num_warps=4),
+              dict(BLOCK_D=8, BLOCK_L=256, num_warps=8), dict(BLOCK_D=2, BLOCK_L=512, num_warps=8),
+              dict(BLOCK_D=16, BLOCK_L=64, num_warps=4)]:
+        triton_bwd.BWD_CFG.update(c)
+        ms = []
+        for batch, L in SHAPES:
+            inputs = scan_inputs(batch, L)
+            ms.append(time_scan(lambda **kw: selective_scan(**kw, delta_softplus=True), inputs)[1])
+        agree = _max_rel(_scan_outputs(check), ref)
+        print(f"  {c}: " + "  ".join(f"{m:.3f}" for m in ms) + f"  agree {agree:.1e}", flush=True)
     triton_bwd.BWD_CFG.clear()
     triton_bwd.BWD_CFG.update(bwd0)
 

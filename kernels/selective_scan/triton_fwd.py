@@ -63,13 +63,24 @@ def _reset_tile(p_seq_row, o_t, m_t, HAS_SEQ: tl.constexpr):
 
 
 @triton.jit
+def _col(t, sel):
+    """Column n of a (BLOCK_D, BLOCK_N) register tile, sel = (o_n == n)[None, :]."""
+    return tl.sum(tl.where(sel, t, 0.0), 1)
+
+
+@triton.jit
+def _set_col(t, sel, v):
+    return tl.where(sel, v[:, None], t)
+
+
+@triton.jit
 def _chunk_local_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, z_ptr, dout_ptr, bias_ptr, seq_ptr,
     hloc_ptr, hdec_ptr, gloc_ptr, gdec_ptr,
-    dim, L, T, dpg, N,
+    dim, L, T, dpg,
     s_ub, s_ud, s_db, s_dd, s_zb, s_zd, s_Bb, s_Bg, s_Bn, s_Cb, s_Cg, s_Cn,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_Z: tl.constexpr,
-    FWD: tl.constexpr, BWD: tl.constexpr,
+    FWD: tl.constexpr, BWD: tl.constexpr, N: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     """Per (channel block, chunk, batch row), from a zero boundary state:
@@ -77,7 +88,8 @@ def _chunk_local_kernel(
     BWD: dL/dh at the chunk's first step with zero gradient entering from the right (gloc), and
          Π a_{t+1} over the chunk (gdec), the factor that carries the right-hand gradient in.
     Outputs are (batch, nchunks, dim, N) fp32. Tiles are walked last to first (the backward's
-    order); the forward part accumulates tile end states with the decay of the tiles after them."""
+    order); the forward part accumulates tile end states with the decay of the tiles after them.
+    Each state n is a 2-D (BLOCK_D, BLOCK_L) scan of its own (static loop over n)."""
     i_d, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b64 = i_b.to(tl.int64)
     o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -86,7 +98,6 @@ def _chunk_local_kernel(
     m_n = o_n < N
     i_g = (i_d * BLOCK_D) // dpg  # BLOCK_D divides dpg: one group per block
     m_dn = m_d[:, None] & m_n[None, :]
-    b_A2 = tl.load(A_ptr + o_d[:, None] * N + o_n[None, :], mask=m_dn, other=0.0) * LOG2E
     if HAS_BIAS:
         b_bias = tl.load(bias_ptr + o_d, mask=m_d, other=0.0).to(tl.float32)
     else:
@@ -94,53 +105,63 @@ def _chunk_local_kernel(
     t_lo = i_c * T
     t_hi = tl.minimum(t_lo + T, L)
     n_tiles = tl.cdiv(t_hi - t_lo, BLOCK_L)
-    last = (tl.arange(0, BLOCK_L) == BLOCK_L - 1)[None, None, :]
-    first = (tl.arange(0, BLOCK_L) == 0)[None, None, :]
+    last = (tl.arange(0, BLOCK_L) == BLOCK_L - 1)[None, :]
+    first = (tl.arange(0, BLOCK_L) == 0)[None, :]
 
     b_h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     b_p = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32) + 1.0
     b_g = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     b_q = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32) + 1.0
-    p_delta = delta_ptr + i_b64 * s_db + o_d[:, None].to(tl.int64) * s_dd
+    o_dl = o_d[:, None].to(tl.int64)
+    p_delta = delta_ptr + i_b64 * s_db + o_dl * s_dd
     p_seq = seq_ptr + i_b64 * L
+    p_B = B_ptr + i_b64 * s_Bb + i_g * s_Bg
+    p_C = C_ptr + i_b64 * s_Cb + i_g * s_Cg
     for k in range(n_tiles):
         o_t = t_lo + (n_tiles - 1 - k) * BLOCK_L + tl.arange(0, BLOCK_L)
         m_t = o_t < t_hi
+        m_dt = m_d[:, None] & m_t[None, :]
         if FWD:
-            m_dt = m_d[:, None] & m_t[None, :]
             b_dt, _ = _delta_tile(p_delta + o_t[None, :], m_dt, b_bias, SOFTPLUS)
             reset = _reset_tile(p_seq, o_t, m_t, HAS_SEQ)
-            b_u = tl.load(u_ptr + i_b64 * s_ub + o_d[:, None].to(tl.int64) * s_ud + o_t[None, :],
+            b_u = tl.load(u_ptr + i_b64 * s_ub + o_dl * s_ud + o_t[None, :],
                           mask=m_dt, other=0.0).to(tl.float32)
-            b_B = tl.load(B_ptr + i_b64 * s_Bb + i_g * s_Bg + o_n[:, None] * s_Bn + o_t[None, :],
-                          mask=m_n[:, None] & m_t[None, :], other=0.0).to(tl.float32)
-            b_a = tl.exp2(b_dt[:, None, :] * b_A2[:, :, None])
-            b_a = tl.where(reset[None, None, :], 0.0, b_a)
-            b_b = (b_dt * b_u)[:, None, :] * b_B[None, :, :]
-            b_ac, b_bc = tl.associative_scan((b_a, b_b), 2, _combine)
-            b_h += b_p * tl.sum(tl.where(last, b_bc, 0.0), 2)
-            b_p *= tl.sum(tl.where(last, b_ac, 0.0), 2)
+            b_du = b_dt * b_u
+            for n in tl.static_range(N):
+                sel = (o_n == n)[None, :]
+                b_A2 = tl.load(A_ptr + o_d * N + n, mask=m_d, other=0.0) * LOG2E
+                b_B = tl.load(p_B + n * s_Bn + o_t, mask=m_t, other=0.0).to(tl.float32)
+                b_a = tl.exp2(b_dt * b_A2[:, None])
+                if HAS_SEQ:
+                    b_a = tl.where(reset[None, :], 0.0, b_a)
+                b_ac, b_bc = tl.associative_scan((b_a, b_du * b_B[None, :]), 1, _combine)
+                b_pn = _col(b_p, sel)
+                b_h = _set_col(b_h, sel, _col(b_h, sel) + b_pn * tl.sum(tl.where(last, b_bc, 0.0), 1))
+                b_p = _set_col(b_p, sel, b_pn * tl.sum(tl.where(last, b_ac, 0.0), 1))
         if BWD:
             # α_t = a_{t+1}: the factor by which dh_{t+1} reaches h_t (1 past the sequence end).
             m_next = m_t & (o_t + 1 < L)
-            m_dtn = m_d[:, None] & m_next[None, :]
-            b_dtn, _ = _delta_tile(p_delta + o_t[None, :] + 1, m_dtn, b_bias, SOFTPLUS)
+            b_dtn, _ = _delta_tile(p_delta + o_t[None, :] + 1, m_d[:, None] & m_next[None, :],
+                                   b_bias, SOFTPLUS)
             reset_n = _reset_tile(p_seq, o_t + 1, m_next, HAS_SEQ)
-            b_al = tl.exp2(b_dtn[:, None, :] * b_A2[:, :, None])
-            b_al = tl.where(reset_n[None, None, :], 0.0, b_al)
-            m_dt2 = m_d[:, None] & m_t[None, :]
-            o_row = o_d[:, None].to(tl.int64) * L + o_t[None, :]
-            b_dy = tl.load(dout_ptr + i_b64 * dim * L + o_row, mask=m_dt2, other=0.0).to(tl.float32)
+            o_row = o_dl * L + o_t[None, :]
+            b_dy = tl.load(dout_ptr + i_b64 * dim * L + o_row, mask=m_dt, other=0.0).to(tl.float32)
             if HAS_Z:
-                b_z = tl.load(z_ptr + i_b64 * s_zb + o_d[:, None].to(tl.int64) * s_zd + o_t[None, :],
-                              mask=m_dt2, other=0.0).to(tl.float32)
+                b_z = tl.load(z_ptr + i_b64 * s_zb + o_dl * s_zd + o_t[None, :],
+                              mask=m_dt, other=0.0).to(tl.float32)
                 b_dy = b_dy * b_z * tl.sigmoid(b_z)
-            b_C = tl.load(C_ptr + i_b64 * s_Cb + i_g * s_Cg + o_n[:, None] * s_Cn + o_t[None, :],
-                          mask=m_n[:, None] & m_t[None, :], other=0.0).to(tl.float32)
-            b_c = b_C[None, :, :] * b_dy[:, None, :]
-            b_alc, b_cc = tl.associative_scan((b_al, b_c), 2, _combine, reverse=True)
-            b_g = tl.sum(tl.where(first, b_alc, 0.0), 2) * b_g + tl.sum(tl.where(first, b_cc, 0.0), 2)
-            b_q *= tl.sum(tl.where(first, b_alc, 0.0), 2)
+            for n in tl.static_range(N):
+                sel = (o_n == n)[None, :]
+                b_A2 = tl.load(A_ptr + o_d * N + n, mask=m_d, other=0.0) * LOG2E
+                b_C = tl.load(p_C + n * s_Cn + o_t, mask=m_t, other=0.0).to(tl.float32)
+                b_al = tl.exp2(b_dtn * b_A2[:, None])
+                if HAS_SEQ:
+                    b_al = tl.where(reset_n[None, :], 0.0, b_al)
+                b_alc, b_cc = tl.associative_scan((b_al, b_C[None, :] * b_dy), 1, _combine,
+                                                  reverse=True)
+                b_alf = tl.sum(tl.where(first, b_alc, 0.0), 1)
+                b_g = _set_col(b_g, sel, b_alf * _col(b_g, sel) + tl.sum(tl.where(first, b_cc, 0.0), 1))
+                b_q = _set_col(b_q, sel, b_alf * _col(b_q, sel))
     o_out = ((i_b64 * tl.num_programs(1) + i_c) * dim + o_d[:, None]) * N + o_n[None, :]
     if FWD:
         tl.store(hloc_ptr + o_out, b_h, mask=m_dn)
@@ -183,14 +204,16 @@ def _chunk_carry_kernel(
 def _fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, seq_ptr,
     h0_ptr, y_ptr, final_ptr,
-    dim, L, T, dpg, N,
+    dim, L, T, dpg,
     s_ub, s_ud, s_db, s_dd, s_zb, s_zd, s_Bb, s_Bg, s_Bn, s_Cb, s_Cg, s_Cn,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_SEQ: tl.constexpr, HAS_H0: tl.constexpr, HAS_FINAL: tl.constexpr,
+    HAS_SEQ: tl.constexpr, HAS_H0: tl.constexpr, HAS_FINAL: tl.constexpr, N: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     """y for one (channel block, chunk, batch row), starting from h0[b, chunk] (zeros if absent).
-    y is (batch, dim, L) contiguous; final_state written by the last chunk's programs."""
+    y is (batch, dim, L) contiguous; final_state written by the last chunk's programs.
+    Per tile: Δ, u, z loaded once as (BLOCK_D, BLOCK_L); then for each state n (static loop) one
+    2-D scan along time, y += C_n h_n, and the state's last column kept as the next tile's carry."""
     i_d, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     nc = tl.num_programs(1)
     i_b64 = i_b.to(tl.int64)
@@ -201,7 +224,6 @@ def _fwd_kernel(
     i_g = (i_d * BLOCK_D) // dpg
     m_dn = m_d[:, None] & m_n[None, :]
     o_dn = o_d[:, None] * N + o_n[None, :]
-    b_A2 = tl.load(A_ptr + o_dn, mask=m_dn, other=0.0) * LOG2E
     if HAS_BIAS:
         b_bias = tl.load(bias_ptr + o_d, mask=m_d, other=0.0).to(tl.float32)
     else:
@@ -212,7 +234,7 @@ def _fwd_kernel(
         b_h = tl.load(h0_ptr + (i_b64 * nc + i_c) * dim * N + o_dn, mask=m_dn, other=0.0).to(tl.float32)
     else:
         b_h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
-    last = (tl.arange(0, BLOCK_L) == BLOCK_L - 1)[None, None, :]
+    last = (tl.arange(0, BLOCK_L) == BLOCK_L - 1)[None, :]
     t_lo = i_c * T
     t_hi = tl.minimum(t_lo + T, L)
     o_dl = o_d[:, None].to(tl.int64)
@@ -220,31 +242,36 @@ def _fwd_kernel(
     p_delta = delta_ptr + i_b64 * s_db + o_dl * s_dd
     p_z = z_ptr + i_b64 * s_zb + o_dl * s_zd
     p_y = y_ptr + i_b64 * dim * L + o_dl * L
-    p_B = B_ptr + i_b64 * s_Bb + i_g * s_Bg + o_n[:, None] * s_Bn
-    p_C = C_ptr + i_b64 * s_Cb + i_g * s_Cg + o_n[:, None] * s_Cn
+    p_B = B_ptr + i_b64 * s_Bb + i_g * s_Bg
+    p_C = C_ptr + i_b64 * s_Cb + i_g * s_Cg
     for t0 in range(t_lo, t_hi, BLOCK_L):
         o_t = t0 + tl.arange(0, BLOCK_L)
         m_t = o_t < t_hi
         m_dt = m_d[:, None] & m_t[None, :]
-        m_nt = m_n[:, None] & m_t[None, :]
         b_dt, _ = _delta_tile(p_delta + o_t[None, :], m_dt, b_bias, SOFTPLUS)
         reset = _reset_tile(seq_ptr + i_b64 * L, o_t, m_t, HAS_SEQ)
         b_u = tl.load(p_u + o_t[None, :], mask=m_dt, other=0.0).to(tl.float32)
-        b_B = tl.load(p_B + o_t[None, :], mask=m_nt, other=0.0).to(tl.float32)
-        b_C = tl.load(p_C + o_t[None, :], mask=m_nt, other=0.0).to(tl.float32)
-        b_a = tl.exp2(b_dt[:, None, :] * b_A2[:, :, None])
-        b_a = tl.where(reset[None, None, :], 0.0, b_a)
-        b_b = (b_dt * b_u)[:, None, :] * b_B[None, :, :]
-        b_ac, b_bc = tl.associative_scan((b_a, b_b), 2, _combine)
-        b_hs = b_ac * b_h[:, :, None] + b_bc  # (BLOCK_D, BLOCK_N, BLOCK_L): h_t
-        b_y = tl.sum(b_hs * b_C[None, :, :], 1)
+        b_du = b_dt * b_u
         if HAS_D:
-            b_y += b_D[:, None] * b_u
+            b_y = b_D[:, None] * b_u
+        else:
+            b_y = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
+        for n in tl.static_range(N):
+            sel = (o_n == n)[None, :]
+            b_A2 = tl.load(A_ptr + o_d * N + n, mask=m_d, other=0.0) * LOG2E
+            b_B = tl.load(p_B + n * s_Bn + o_t, mask=m_t, other=0.0).to(tl.float32)
+            b_C = tl.load(p_C + n * s_Cn + o_t, mask=m_t, other=0.0).to(tl.float32)
+            b_a = tl.exp2(b_dt * b_A2[:, None])
+            if HAS_SEQ:
+                b_a = tl.where(reset[None, :], 0.0, b_a)
+            b_ac, b_bc = tl.associative_scan((b_a, b_du * b_B[None, :]), 1, _combine)
+            b_hs = b_ac * _col(b_h, sel)[:, None] + b_bc  # h_t for state n
+            b_y += b_hs * b_C[None, :]
+            b_h = _set_col(b_h, sel, tl.sum(tl.where(last, b_hs, 0.0), 1))
         if HAS_Z:
             b_z = tl.load(p_z + o_t[None, :], mask=m_dt, other=0.0).to(tl.float32)
             b_y *= b_z * tl.sigmoid(b_z)
         tl.store(p_y + o_t[None, :], b_y.to(y_ptr.dtype.element_ty), mask=m_dt)
-        b_h = tl.sum(tl.where(last, b_hs, 0.0), 2)
     if HAS_FINAL:
         if i_c == nc - 1:
             tl.store(final_ptr + i_b64 * dim * N + o_dn, b_h, mask=m_dn)
@@ -296,7 +323,7 @@ def interpreting() -> bool:
 
 # Tile shapes: (channels, steps) per program; the 3-D register tile is BLOCK_D x N x BLOCK_L.
 # Under the interpreter, short tiles so that the tests cross tile and chunk boundaries.
-FWD_CFG = dict(BLOCK_D=8, BLOCK_L=32, num_warps=4, programs_per_sm=4)
+FWD_CFG = dict(BLOCK_D=1, BLOCK_L=1024, num_warps=4, programs_per_sm=4)
 FWD_CFG_INTERP = dict(BLOCK_D=8, BLOCK_L=8, num_warps=1, programs_per_sm=1)
 
 
@@ -355,12 +382,12 @@ def chunk_states(u, delta, A, B, C, z, dout, delta_bias, softplus, seq_idx, T, n
     _chunk_local_kernel[(nbd, nc, batch)](
         u, delta, A, B, C, z if z is not None else u, dout if dout is not None else u,
         delta_bias if delta_bias is not None else u, seq_idx if seq_idx is not None else u,
-        hloc, hdec, gloc, gdec, dim, L, T, dpg, N,
+        hloc, hdec, gloc, gdec, dim, L, T, dpg,
         u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
         z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0,
         *bc_strides(B), *bc_strides(C),
         HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_SEQ=seq_idx is not None,
-        HAS_Z=z is not None, FWD=fwd, BWD=bwd,
+        HAS_Z=z is not None, FWD=fwd, BWD=bwd, N=N,
         BLOCK_D=BD, BLOCK_N=BN, BLOCK_L=BLOCK_L, num_warps=num_warps)
     BDc = min(32, triton.next_power_of_2(dim))
     grid = (triton.cdiv(dim, BDc), batch)
@@ -403,13 +430,13 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, seq_i
         u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
         delta_bias if delta_bias is not None else u, seq_idx if seq_idx is not None else u,
         h0 if h0 is not None else u, y, final if final is not None else u,
-        dim, L, T, dpg, N,
+        dim, L, T, dpg,
         u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
         z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0,
         *bc_strides(B), *bc_strides(C),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=softplus, HAS_SEQ=seq_idx is not None, HAS_H0=h0 is not None,
-        HAS_FINAL=final is not None, BLOCK_D=BD, BLOCK_N=BN, BLOCK_L=BL, num_warps=c["num_warps"])
+        HAS_FINAL=final is not None, N=N, BLOCK_D=BD, BLOCK_N=BN, BLOCK_L=BL, num_warps=c["num_warps"])
     return y, final
 
 
