@@ -203,10 +203,8 @@ def selective_scan_sweep() -> None:
     check = scan_inputs(8, 2048)
     ref = _scan_outputs(check)
     print("\nsweep: forward configs (ms at " + " / ".join(f"{b}x{L}" for b, L in SHAPES) + ")")
-    for c in [dict(BLOCK_D=1, BLOCK_L=1024, num_warps=4), dict(BLOCK_D=1, BLOCK_L=2048, num_warps=8),
-              dict(BLOCK_D=1, BLOCK_L=512, num_warps=4), dict(BLOCK_D=1, BLOCK_L=256, num_warps=2),
-              dict(BLOCK_D=2, BLOCK_L=512, num_warps=4), dict(BLOCK_D=2, BLOCK_L=1024, num_warps=8),
-              dict(BLOCK_D=4, BLOCK_L=256, num_warps=4)]:
+    for c in [dict(BLOCK_D=4, BLOCK_L=256, num_warps=4), dict(BLOCK_D=8, BLOCK_L=128, num_warps=4),
+              dict(BLOCK_D=2, BLOCK_L=256, num_warps=2), dict(BLOCK_D=8, BLOCK_L=256, num_warps=8)]:
         triton_fwd.FWD_CFG.update(c)
         ms = []
         for batch, L in SHAPES:
@@ -217,10 +215,10 @@ def selective_scan_sweep() -> None:
     triton_fwd.FWD_CFG.clear()
     triton_fwd.FWD_CFG.update(fwd0)
     print("\nsweep: backward configs, fwd+bwd ms")
-    for c in [dict(BLOCK_D=4, BLOCK_L=256, num_warps=4), dict(BLOCK_D=2, BLOCK_L=256, num_warps=4),
-              dict(BLOCK_D=4, BLOCK_L=128, num_warps=4), dict(BLOCK_D=8, BLOCK_L=128, num_warps=4),
-              dict(BLOCK_D=8, BLOCK_L=256, num_warps=8), dict(BLOCK_D=2, BLOCK_L=512, num_warps=8),
-              dict(BLOCK_D=16, BLOCK_L=64, num_warps=4)]:
+    for c in [dict(BLOCK_D=4, BLOCK_L=256, num_warps=4, REV=0), dict(BLOCK_D=4, BLOCK_L=256, num_warps=4, REV=1),
+              dict(BLOCK_D=4, BLOCK_L=256, num_warps=4, REV=2), dict(BLOCK_D=2, BLOCK_L=256, num_warps=4, REV=1),
+              dict(BLOCK_D=4, BLOCK_L=128, num_warps=4, REV=1), dict(BLOCK_D=16, BLOCK_L=64, num_warps=4, REV=1),
+              dict(BLOCK_D=1, BLOCK_L=512, num_warps=4, REV=1)]:
         triton_bwd.BWD_CFG.update(c)
         ms = []
         for batch, L in SHAPES:

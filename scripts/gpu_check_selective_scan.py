@@ -88,7 +88,8 @@ def main() -> int:
         dict(batch=2, dim=2048, N=16, L=1, G=1, dtype=torch.float32),
         dict(batch=2, dim=2048, N=16, L=4096, G=1, dtype=torch.bfloat16),
         dict(batch=2, dim=2048, N=16, L=4096, G=2, dtype=torch.bfloat16, seq=True),
-        dict(batch=1, dim=2048, N=16, L=16384, G=1, dtype=torch.bfloat16, h0=False),
+        dict(batch=3, dim=2048, N=16, L=63, G=2, dtype=torch.bfloat16),
+        dict(batch=1, dim=2048, N=16, L=8192, G=1, dtype=torch.bfloat16, h0=False),
     ]
     failed = False
     for c in cases:
