@@ -203,8 +203,7 @@ def selective_scan_sweep() -> None:
     check = scan_inputs(8, 2048)
     ref = _scan_outputs(check)
     print("\nsweep: forward configs (ms at " + " / ".join(f"{b}x{L}" for b, L in SHAPES) + ")")
-    for c in [dict(BLOCK_D=4, BLOCK_L=256, num_warps=4), dict(BLOCK_D=8, BLOCK_L=128, num_warps=4),
-              dict(BLOCK_D=2, BLOCK_L=256, num_warps=2), dict(BLOCK_D=8, BLOCK_L=256, num_warps=8)]:
+    for c in [dict(BLOCK_D=4, BLOCK_L=256, num_warps=4, programs_per_sm=2)]:
         triton_fwd.FWD_CFG.update(c)
         ms = []
         for batch, L in SHAPES:
@@ -215,10 +214,9 @@ def selective_scan_sweep() -> None:
     triton_fwd.FWD_CFG.clear()
     triton_fwd.FWD_CFG.update(fwd0)
     print("\nsweep: backward configs, fwd+bwd ms")
-    for c in [dict(BLOCK_D=4, BLOCK_L=256, num_warps=4, REV=0), dict(BLOCK_D=4, BLOCK_L=256, num_warps=4, REV=1),
-              dict(BLOCK_D=4, BLOCK_L=256, num_warps=4, REV=2), dict(BLOCK_D=2, BLOCK_L=256, num_warps=4, REV=1),
-              dict(BLOCK_D=4, BLOCK_L=128, num_warps=4, REV=1), dict(BLOCK_D=16, BLOCK_L=64, num_warps=4, REV=1),
-              dict(BLOCK_D=1, BLOCK_L=512, num_warps=4, REV=1)]:
+    for c in [dict(BLOCK_D=4, BLOCK_L=64, num_warps=1), dict(BLOCK_D=4, BLOCK_L=128, num_warps=1),
+              dict(BLOCK_D=8, BLOCK_L=64, num_warps=1), dict(BLOCK_D=2, BLOCK_L=128, num_warps=1),
+              dict(BLOCK_D=8, BLOCK_L=128, num_warps=2), dict(BLOCK_D=4, BLOCK_L=128, num_warps=4)]:
         triton_bwd.BWD_CFG.update(c)
         ms = []
         for batch, L in SHAPES:
@@ -242,12 +240,15 @@ def main() -> None:
     p.add_argument("--compile-budget-s", type=float, default=120.0,
                    help="seconds allowed for compiling+timing each family's reference")
     p.add_argument("--sweep", action="store_true", help="also time tile-shape variants")
+    p.add_argument("--sweep-only", action="store_true", help="time the variants, skip the table")
     args = p.parse_args()
     assert torch.cuda.is_available(), "bench_kernels.py times GPU kernels: run it on the GPU machine"
-    if args.sweep:
+    if args.sweep or args.sweep_only:
         for op in args.ops:
             if op in SWEEPS:
                 SWEEPS[op]()
+    if args.sweep_only:
+        return
     rows = []
     for op in args.ops:
         rows += FAMILIES[op](args)

@@ -11,11 +11,13 @@ interpreter. Prints one line per case and exits non-zero if any error is over it
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
 
 import torch
 
-from bytelm.kernels.selective_scan import triton_fwd
+from bytelm.kernels.selective_scan import triton_bwd, triton_fwd
 from bytelm.kernels.selective_scan.reference import selective_scan_ref, selective_state_update_ref
 from bytelm.kernels.selective_scan.triton_op import selective_scan, selective_state_update
 
@@ -76,6 +78,13 @@ def decode_check(batch=4, dim=2048, N=16, L=8, G=1):
 
 
 def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--fwd-cfg", type=json.loads, default={}, help="JSON overrides of FWD_CFG")
+    p.add_argument("--bwd-cfg", type=json.loads, default={}, help="JSON overrides of BWD_CFG")
+    args = p.parse_args()
+    triton_fwd.FWD_CFG.update(args.fwd_cfg)
+    triton_bwd.BWD_CFG.update(args.bwd_cfg)
+    print("FWD_CFG", triton_fwd.FWD_CFG, "BWD_CFG", triton_bwd.BWD_CFG)
     triton_fwd.new_empty = nan_empty  # poison every kernel-written buffer
     torch.manual_seed(0)
     print(torch.cuda.get_device_name(), torch.__version__)

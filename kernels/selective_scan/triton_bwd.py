@@ -44,15 +44,11 @@ def _bwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_SEQ: tl.constexpr, HAS_H0: tl.constexpr, HAS_G: tl.constexpr, HAS_DH0: tl.constexpr,
     N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
-    REV: tl.constexpr,
 ):
     """One (channel block, chunk of BLOCK_L steps, batch row). The chunk's start state h0 and the
     gradient entering it from the right g come from chunk_states; per state n (static loop) a
     forward scan gives h_t, a reverse scan dh_t, and their per-element products are summed over n
-    in registers (du, dΔ) or over the block's channels before one atomic add per (n, t) (dB, dC).
-    REV picks how the reverse recurrence runs: 0, tl.associative_scan(reverse=True); 1, a forward
-    scan over the tile loaded in reversed time order, flipped back with tl.gather; 2, the same
-    flipped back with tl.flip."""
+    in registers (du, dΔ) or over the block's channels before one atomic add per (n, t) (dB, dC)."""
     i_d, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     nc = tl.num_programs(1)
     i_b64 = i_b.to(tl.int64)
@@ -97,21 +93,6 @@ def _bwd_kernel(
         b_g = tl.load(g_ptr + (i_b64 * nc + i_c) * dim * N + o_dn, mask=m_dn, other=0.0)
     else:
         b_g = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
-    if REV > 0:  # the reverse recurrence's inputs in reversed time order
-        o_tr = i_c * BLOCK_L + (BLOCK_L - 1 - o_l)
-        m_tr = o_tr < L
-        m_dtr = m_d[:, None] & m_tr[None, :]
-        m_nextr = m_tr & (o_tr + 1 < L)
-        b_dtnr, _ = _delta_tile(delta_ptr + i_b64 * s_db + o_dl * s_dd + o_tr[None, :] + 1,
-                                m_d[:, None] & m_nextr[None, :], b_bias, SOFTPLUS)
-        reset_nr = _reset_tile(p_seq, o_tr + 1, m_nextr, HAS_SEQ)
-        b_dyr = tl.load(dout_ptr + i_b64 * dim * L + o_dl * L + o_tr[None, :], mask=m_dtr,
-                        other=0.0).to(tl.float32)
-        if HAS_Z:
-            b_zr = tl.load(z_ptr + i_b64 * s_zb + o_dl * s_zd + o_tr[None, :], mask=m_dtr,
-                           other=0.0).to(tl.float32)
-            b_dyr = b_dyr * b_zr * tl.sigmoid(b_zr)
-        flip_idx = (BLOCK_L - 1 - o_l)[None, :] + tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.int32)
     b_du = b_dt * b_u
     b_y = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)     # Σ_n C h (for dz)
     b_fB = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)    # Σ_n dh B
@@ -128,28 +109,15 @@ def _bwd_kernel(
         b_B = tl.load(p_B + n * s_Bn, mask=m_t, other=0.0).to(tl.float32)
         b_C = tl.load(p_C + n * s_Cn, mask=m_t, other=0.0).to(tl.float32)
         b_a = tl.exp2(b_dt * b_A2[:, None])
+        b_al = tl.exp2(b_dtn * b_A2[:, None])
         if HAS_SEQ:
             b_a = tl.where(reset[None, :], 0.0, b_a)
+            b_al = tl.where(reset_n[None, :], 0.0, b_al)
         b_b = b_du * b_B[None, :]
         b_ac, b_bc = tl.associative_scan((b_a, b_b), 1, _combine)
         b_hs = b_ac * _col(b_h0, sel)[:, None] + b_bc  # h_t
-        if REV == 0:
-            b_al = tl.exp2(b_dtn * b_A2[:, None])
-            if HAS_SEQ:
-                b_al = tl.where(reset_n[None, :], 0.0, b_al)
-            b_alc, b_cc = tl.associative_scan((b_al, b_dy * b_C[None, :]), 1, _combine, reverse=True)
-            b_f = b_alc * _col(b_g, sel)[:, None] + b_cc  # dh_t
-        else:
-            b_alr = tl.exp2(b_dtnr * b_A2[:, None])
-            if HAS_SEQ:
-                b_alr = tl.where(reset_nr[None, :], 0.0, b_alr)
-            b_Cr = tl.load(p_C + n * s_Cn + (BLOCK_L - 1 - 2 * o_l), mask=m_tr, other=0.0).to(tl.float32)
-            b_alc, b_cc = tl.associative_scan((b_alr, b_dyr * b_Cr[None, :]), 1, _combine)
-            b_fr = b_alc * _col(b_g, sel)[:, None] + b_cc  # dh, reversed time order
-            if REV == 1:
-                b_f = tl.gather(b_fr, flip_idx, 1)
-            else:
-                b_f = tl.flip(b_fr, 1)
+        b_alc, b_cc = tl.associative_scan((b_al, b_dy * b_C[None, :]), 1, _combine, reverse=True)
+        b_f = b_alc * _col(b_g, sel)[:, None] + b_cc  # dh_t
         if HAS_Z:
             b_y += b_hs * b_C[None, :]
         tl.atomic_add(dC_ptr + o_dBC + n * s_dBn, tl.sum(b_dy * b_hs, 0), mask=m_t, sem="relaxed")
@@ -185,8 +153,8 @@ def _bwd_kernel(
 
 
 # One program per (channel block, chunk of BLOCK_L steps, row): the chunk is one register tile.
-BWD_CFG = dict(BLOCK_D=4, BLOCK_L=256, num_warps=4, REV=1)
-BWD_CFG_INTERP = dict(BLOCK_D=4, BLOCK_L=8, num_warps=1, REV=1)
+BWD_CFG = dict(BLOCK_D=4, BLOCK_L=128, num_warps=4)
+BWD_CFG_INTERP = dict(BLOCK_D=4, BLOCK_L=8, num_warps=1)
 
 
 def scan_bwd(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, seq_idx,
@@ -234,5 +202,5 @@ def scan_bwd(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, initia
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=softplus, HAS_SEQ=seq_idx is not None, HAS_H0=h0 is not None,
         HAS_G=g is not None, HAS_DH0=need_dh0, N=N,
-        BLOCK_D=BD, BLOCK_N=BN, BLOCK_L=BL, REV=c.get("REV", 0), num_warps=c["num_warps"])
+        BLOCK_D=BD, BLOCK_N=BN, BLOCK_L=BL, num_warps=c["num_warps"])
     return du, ddelta, dA, dB, dC, dD, dz, dbias, dh0

@@ -106,6 +106,7 @@ def _chunk_local_kernel(
     t_hi = tl.minimum(t_lo + T, L)
     n_tiles = tl.cdiv(t_hi - t_lo, BLOCK_L)
     last = (tl.arange(0, BLOCK_L) == BLOCK_L - 1)[None, :]
+    first = (tl.arange(0, BLOCK_L) == 0)[None, :]
 
     b_h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     b_p = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32) + 1.0
@@ -139,31 +140,27 @@ def _chunk_local_kernel(
                 b_p = _set_col(b_p, sel, b_pn * tl.sum(tl.where(last, b_ac, 0.0), 1))
         if BWD:
             # α_t = a_{t+1}: the factor by which dh_{t+1} reaches h_t (1 past the sequence end).
-            # The tile is loaded in reversed time order, so a forward scan runs the reverse
-            # recurrence (Triton's reverse=True scan is several times slower on Hopper).
-            o_tr = t_lo + (n_tiles - 1 - k) * BLOCK_L + (BLOCK_L - 1 - tl.arange(0, BLOCK_L))
-            m_tr = o_tr < t_hi
-            m_dtr = m_d[:, None] & m_tr[None, :]
-            m_next = m_tr & (o_tr + 1 < L)
-            b_dtn, _ = _delta_tile(p_delta + o_tr[None, :] + 1, m_d[:, None] & m_next[None, :],
+            m_next = m_t & (o_t + 1 < L)
+            b_dtn, _ = _delta_tile(p_delta + o_t[None, :] + 1, m_d[:, None] & m_next[None, :],
                                    b_bias, SOFTPLUS)
-            reset_n = _reset_tile(p_seq, o_tr + 1, m_next, HAS_SEQ)
-            o_row = o_dl * L + o_tr[None, :]
-            b_dy = tl.load(dout_ptr + i_b64 * dim * L + o_row, mask=m_dtr, other=0.0).to(tl.float32)
+            reset_n = _reset_tile(p_seq, o_t + 1, m_next, HAS_SEQ)
+            o_row = o_dl * L + o_t[None, :]
+            b_dy = tl.load(dout_ptr + i_b64 * dim * L + o_row, mask=m_dt, other=0.0).to(tl.float32)
             if HAS_Z:
-                b_z = tl.load(z_ptr + i_b64 * s_zb + o_dl * s_zd + o_tr[None, :],
-                              mask=m_dtr, other=0.0).to(tl.float32)
+                b_z = tl.load(z_ptr + i_b64 * s_zb + o_dl * s_zd + o_t[None, :],
+                              mask=m_dt, other=0.0).to(tl.float32)
                 b_dy = b_dy * b_z * tl.sigmoid(b_z)
             for n in tl.static_range(N):
                 sel = (o_n == n)[None, :]
                 b_A2 = tl.load(A_ptr + o_d * N + n, mask=m_d, other=0.0) * LOG2E
-                b_C = tl.load(p_C + n * s_Cn + o_tr, mask=m_tr, other=0.0).to(tl.float32)
+                b_C = tl.load(p_C + n * s_Cn + o_t, mask=m_t, other=0.0).to(tl.float32)
                 b_al = tl.exp2(b_dtn * b_A2[:, None])
                 if HAS_SEQ:
                     b_al = tl.where(reset_n[None, :], 0.0, b_al)
-                b_alc, b_cc = tl.associative_scan((b_al, b_C[None, :] * b_dy), 1, _combine)
-                b_alf = tl.sum(tl.where(last, b_alc, 0.0), 1)
-                b_g = _set_col(b_g, sel, b_alf * _col(b_g, sel) + tl.sum(tl.where(last, b_cc, 0.0), 1))
+                b_alc, b_cc = tl.associative_scan((b_al, b_C[None, :] * b_dy), 1, _combine,
+                                                  reverse=True)
+                b_alf = tl.sum(tl.where(first, b_alc, 0.0), 1)
+                b_g = _set_col(b_g, sel, b_alf * _col(b_g, sel) + tl.sum(tl.where(first, b_cc, 0.0), 1))
                 b_q = _set_col(b_q, sel, b_alf * _col(b_q, sel))
     o_out = ((i_b64 * tl.num_programs(1) + i_c) * dim + o_d[:, None]) * N + o_n[None, :]
     if FWD:
