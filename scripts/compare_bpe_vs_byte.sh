@@ -21,7 +21,9 @@
 # Env: TEXT_BYTES training bytes per GCIDE run (default 16,000,000); DNA_BYTES per DNA run
 #      (default 6,000,000: ~1.4 passes over the 4.2 MB train split); PRESET (small); MODELS
 #      (mamba,mamba2,transformer); SEEDS (1,2); BPE_VOCAB (4096); SEQ_LEN / BATCH (default:
-#      bytelm's CUDA shape, 8 x 2048 tokens); EXTRA extra `compare` options; SLICE (540).
+#      bytelm's CUDA shape, 8 x 2048 tokens); EXTRA extra `compare` options; SLICE (540);
+#      DEVICE (cuda; cpu only to smoke-test this script at tiny sizes); ROBUST_EXTRA extra
+#      options for the robustness stage (EXTRA goes to `compare` only).
 # Cost at the defaults: 12 runs per data set; a byte run trains TEXT_BYTES tokens, a BPE run
 #      about a third of that; every run ends with a full pass over val (2 MB GCIDE, 0.23 MB DNA).
 set -uo pipefail
@@ -38,6 +40,7 @@ BPE_VOCAB=${BPE_VOCAB:-4096}
 SLICE=${SLICE:-540}
 STAGES=${STAGES:-gcide dna robust}
 EXTRA=${EXTRA:-}
+DEVICE=${DEVICE:-cuda}
 export PYTHONUNBUFFERED=1 BYTELM_CACHE=${BYTELM_CACHE:-/tmp/bytelm-cache}
 
 PY=${PYTHON:-python}
@@ -56,8 +59,11 @@ if [[ " $STAGES " == *" gcide "* ]] && [ ! -f "$GCIDE" ]; then
   exit 2
 fi
 mkdir -p "$RESULTS" "$RUNS"
-"$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
-  || echo "warning: no CUDA device visible; this study is sized for a GPU" >&2
+if [ "$DEVICE" = cuda ] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  echo "compare_bpe_vs_byte.sh: no CUDA device visible; this study is sized for a GPU" \
+       "(DEVICE=cpu smoke-tests it at tiny sizes)" >&2
+  exit 2
+fi
 
 publish() {  # copy a report (markdown, JSON, PNGs; no checkpoints) into $RESULTS/$2
   mkdir -p "$RESULTS/$2"
@@ -72,7 +78,7 @@ study() {  # study NAME DATA BYTES
   # shellcheck disable=SC2086
   timeout -s INT -k 60 "$SLICE" "${COMPARE[@]}" --data "$data" --models "$MODELS" \
     --tokenizers byte,bpe --bpe-vocab "$BPE_VOCAB" --preset "$PRESET" --bytes "$bytes" \
-    --seeds "$SEEDS" --device cuda "${SHAPE[@]}" --out "$RUNS/compare_$name" $EXTRA
+    --seeds "$SEEDS" --device "$DEVICE" "${SHAPE[@]}" --out "$RUNS/compare_$name" $EXTRA
   local rc=$?
   if [ $rc -ne 0 ]; then
     echo "compare $name stopped (exit $rc; 124/2 = the $SLICE s slice ran out or an interrupt):" \
@@ -91,7 +97,7 @@ for stage in $STAGES; do
       for name in gcide dna; do
         [ -d "$RUNS/compare_$name/runs" ] || { echo "robust: no $RUNS/compare_$name yet; skipped"; continue; }
         data=dna; [ $name = gcide ] && data=$GCIDE
-        SLICE=$SLICE bash scripts/robustness.sh "$RUNS/compare_$name" "$data" \
+        SLICE=$SLICE EXTRA="${ROBUST_EXTRA:-}" DEVICE=$DEVICE bash scripts/robustness.sh "$RUNS/compare_$name" "$data" \
           "$RUNS/robustness_$name" || { status=$?; break 2; }
         publish "$RUNS/robustness_$name" "robustness_$name"
       done ;;
