@@ -214,7 +214,9 @@ def selective_scan_sweep() -> None:
     triton_fwd.FWD_CFG.clear()
     triton_fwd.FWD_CFG.update(fwd0)
     print("\nsweep: backward configs, fwd+bwd ms")
-    for c in [dict(BLOCK_D=4, BLOCK_L=64, num_warps=1), dict(BLOCK_D=4, BLOCK_L=128, num_warps=4)]:
+    for c in [dict(BLOCK_D=4, BLOCK_L=128, num_warps=4, LEAN=True),
+              dict(BLOCK_D=4, BLOCK_L=256, num_warps=4, LEAN=True),
+              dict(BLOCK_D=4, BLOCK_L=128, num_warps=4, LEAN=False)]:
         triton_bwd.BWD_CFG.update(c)
         ms = []
         for batch, L in SHAPES:

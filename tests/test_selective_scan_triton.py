@@ -131,6 +131,21 @@ def test_scan_bf16_matches_reference(L):
     check_scan(inputs, torch.bfloat16, chunk_size=None if CUDA else 16)
 
 
+@pytest.mark.parametrize("opts", [dict(seq=True), dict(z=False, D=False, bias=False)])
+def test_lean_backward_variant_matches_reference(monkeypatch, opts):
+    """The LEAN backward (re-reads u, dout, z, Δ after the state loop) is not the default yet;
+    it must still be exact."""
+    from bytelm.kernels.selective_scan import triton_bwd
+
+    for cfg in (triton_bwd.BWD_CFG, triton_bwd.BWD_CFG_INTERP):
+        monkeypatch.setitem(cfg, "LEAN", True)
+    opts = dict(opts)
+    seq = opts.pop("seq", False)
+    L = LENGTHS[-1]
+    inputs = make_inputs(2, DIM, NSTATE, L, 2, torch.float32, **opts)
+    check_scan(inputs, torch.float32, seq_idx=packed_seq_idx(2, L) if seq else None)
+
+
 def test_result_does_not_depend_on_chunking():
     inputs = make_inputs(2, DIM, NSTATE, LENGTHS[-1], 1, torch.float32)
     y1, f1 = selective_scan(**inputs, delta_softplus=True, return_final_state=True, chunk_size=None)

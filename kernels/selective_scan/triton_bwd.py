@@ -44,11 +44,15 @@ def _bwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_SEQ: tl.constexpr, HAS_H0: tl.constexpr, HAS_G: tl.constexpr, HAS_DH0: tl.constexpr,
     N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
+    LEAN: tl.constexpr,
 ):
     """One (channel block, chunk of BLOCK_L steps, batch row). The chunk's start state h0 and the
     gradient entering it from the right g come from chunk_states; per state n (static loop) a
     forward scan gives h_t, a reverse scan dh_t, and their per-element products are summed over n
-    in registers (du, dΔ) or over the block's channels before one atomic add per (n, t) (dB, dC)."""
+    in registers (du, dΔ) or over the block's channels before one atomic add per (n, t) (dB, dC).
+    LEAN: u, dout, z and the pre-softplus Δ are re-read after the state loop instead of held in
+    registers across it (the kernel spills otherwise; kernels/NOTES.md). Off by default until it
+    has been checked and timed on the GPU."""
     i_d, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     nc = tl.num_programs(1)
     i_b64 = i_b.to(tl.int64)
@@ -128,6 +132,14 @@ def _bwd_kernel(
         b_dA = _set_col(b_dA, sel, tl.sum(b_ah * b_dt, 1))
         if HAS_DH0:
             b_dh0 = _set_col(b_dh0, sel, tl.sum(tl.where(first, b_a * b_f, 0.0), 1))
+    if LEAN:  # reload what the state loop does not need, instead of keeping it in registers
+        b_u = tl.load(u_ptr + i_b64 * s_ub + o_dl * s_ud + o_t[None, :], mask=m_dt, other=0.0).to(tl.float32)
+        b_do = tl.load(dout_ptr + o_row, mask=m_dt, other=0.0).to(tl.float32)
+        if SOFTPLUS:
+            _, b_x = _delta_tile(p_delta, m_dt, b_bias, SOFTPLUS)
+        if HAS_Z:
+            b_z = tl.load(z_ptr + i_b64 * s_zb + o_dl * s_zd + o_t[None, :], mask=m_dt, other=0.0).to(tl.float32)
+            b_sg = tl.sigmoid(b_z)
     b_ddt = b_fB * b_u + b_fA
     b_dU = b_fB * b_dt
     if HAS_D:
@@ -153,8 +165,8 @@ def _bwd_kernel(
 
 
 # One program per (channel block, chunk of BLOCK_L steps, row): the chunk is one register tile.
-BWD_CFG = dict(BLOCK_D=4, BLOCK_L=128, num_warps=4)
-BWD_CFG_INTERP = dict(BLOCK_D=4, BLOCK_L=8, num_warps=1)
+BWD_CFG = dict(BLOCK_D=4, BLOCK_L=128, num_warps=4, LEAN=False)
+BWD_CFG_INTERP = dict(BLOCK_D=4, BLOCK_L=8, num_warps=1, LEAN=False)
 
 
 def scan_bwd(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, seq_idx,
@@ -202,5 +214,5 @@ def scan_bwd(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, initia
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=softplus, HAS_SEQ=seq_idx is not None, HAS_H0=h0 is not None,
         HAS_G=g is not None, HAS_DH0=need_dh0, N=N,
-        BLOCK_D=BD, BLOCK_N=BN, BLOCK_L=BL, num_warps=c["num_warps"])
+        BLOCK_D=BD, BLOCK_N=BN, BLOCK_L=BL, LEAN=c.get("LEAN", False), num_warps=c["num_warps"])
     return du, ddelta, dA, dB, dC, dD, dz, dbias, dh0
