@@ -63,9 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", choices=["mamba", "mamba2", "transformer", "hybrid"],
                        default="mamba2")
     train.add_argument("--preset", choices=["tiny", "small", "base", "large"], default=None,
-                       help="model size (default: tiny on CPU, base on CUDA)")
+                       help="model size (default: tiny on CPU; base on CUDA, or small "
+                            "with dropout 0.1 when the train split is under 2.5 M tokens)")
     train.add_argument("--dropout", type=float, default=None,
-                       help="dropout on residual branches (default 0; helps small corpora)")
+                       help="dropout on residual branches (default 0, or 0.1 with the CUDA "
+                            "small-corpus defaults)")
     train.add_argument("--seq-len", type=_positive(int))
     train.add_argument("--batch-size", type=_positive(int))
     train.add_argument("--grad-accum", type=_positive(int), default=1)
