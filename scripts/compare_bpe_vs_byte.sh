@@ -12,6 +12,10 @@
 #     STAGES="gcide" bash scripts/compare_bpe_vs_byte.sh         # one part: gcide dna robust
 # GCIDE_PATH (or $GCIDE) defaults to ../shared/data/text/gcide.txt.gz; nothing else outside the
 # repository is read.
+# CPU smoke test of all three stages (~10 min on 2 cores):
+#     DEVICE=cpu RESULTS=/tmp/dry/results RUNS=/tmp/dry/runs TEXT_BYTES=20000 DNA_BYTES=20000 \
+#     PRESET=tiny MODELS=mamba2,transformer SEEDS=1 SEQ_LEN=64 BATCH=4 BPE_VOCAB=512 WINDOWS=8 \
+#     EXTRA="--eval-bytes 20000 --evals 2" bash scripts/compare_bpe_vs_byte.sh
 #
 # Resumable: rerunning skips finished runs and resumes an interrupted one from its last
 # checkpoint in $RUNS, so the study can be spread over several commands of at most

@@ -16,7 +16,9 @@
 #      8 x 1024 real bytes); SEQ_LEN real bytes per window (default 1024, so 8192 tokens at k=8);
 #      BATCH (8); PRESET (small); KS (1,2,4,8); FILLERS (pad,burst); MODELS
 #      (mamba,mamba2,transformer,hybrid); DATASETS ("text dna"); EXTRA extra options;
-#      DEVICE (cuda; cpu only to smoke-test this script at tiny sizes).
+#      DEVICE (cuda; cpu only to smoke-test this script at tiny sizes, e.g. DEVICE=cpu
+#      RESULTS=/tmp/dry/noise RUNS=/tmp/dry/noise_runs BYTES=8000 SEQ_LEN=32 BATCH=4 PRESET=tiny
+#      KS=1,2: ~3.5 min on 2 cores).
 # Cost: per data set and model, BYTES x (1 + 2 x (2 + 4 + 8)) = 29 x BYTES training tokens
 #       (k = 1 is trained once for both fillers); the whole study is 232 x BYTES tokens.
 set -uo pipefail
