@@ -2,7 +2,7 @@
 registers and spills of every compiled kernel, and micro-benchmarks of the scan primitives
 (forward vs reverse tl.associative_scan, relaxed vs default atomics) on (BLOCK_D, BLOCK_L) tiles.
 
-    python scripts/diag_selective_scan.py
+    python scripts/diag_selective_scan.py [--micro]
 """
 
 from __future__ import annotations
@@ -93,8 +93,14 @@ def micro(dim=16384, L=2048):
 
 
 if __name__ == "__main__":
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--micro", action="store_true", help="also run the primitive micro-benchmarks")
+    args = p.parse_args()
     print(torch.cuda.get_device_name(), torch.__version__, triton.__version__)
     profile()
     profile(1, 32768)
     kernel_stats()
-    # micro()  (results in kernels/NOTES.md)
+    if args.micro:
+        micro()
