@@ -9,15 +9,13 @@ Gradients, per (b, d, n, t), with dh_t = dL/dh_t (total) and dy_t = dL/dy_t befo
 The reverse recurrence is a reverse tl.associative_scan over (α_t = a_{t+1}, C_t dy_t): the shifted
 decay is recomputed from Δ_{t+1} (one more exp2 per element) rather than shifted in registers.
 
-Work split: the sequence is cut into chunks of T steps (T bounded so the scratch below stays
-small); triton_fwd.chunk_states gives every chunk its true start state h (forward carry) and the
-gradient entering it from the right (reverse carry), in one extra read of the inputs.
-`_bwd_kernel` is persistent: each program loops over (channel block, chunk, batch row) items;
-for an item it walks the chunk forward once storing each tile's start state in its own slice of a
-small scratch buffer (programs x tiles-per-chunk x BLOCK_D x N fp32, L2-sized), then walks the
-tiles backwards computing h (from the stored start) and dh together. dB, dC are reduced over the
-program's BLOCK_D channels before one atomic add per (n, t); dA, dD, d(delta_bias) are reduced
-over the whole item before theirs.
+Work split: the sequence is cut into chunks of BLOCK_L steps and every chunk is one register
+tile. triton_fwd.chunk_states gives each chunk its true start state h (forward carry) and the
+gradient entering it from the right (reverse carry), in one extra read of the inputs; then
+`_bwd_kernel` runs one program per (channel block, chunk, batch row) and, for each state n in a
+static loop, a forward scan (h_t) and a reverse scan (dh_t) over 2-D (BLOCK_D, BLOCK_L) tiles.
+dB, dC are reduced over the program's BLOCK_D channels before one atomic add per (n, t); dA, dD,
+d(delta_bias) are reduced over the tile before theirs. No scratch memory.
 """
 
 from __future__ import annotations

@@ -6,9 +6,10 @@ Symbols as in reference.py: per (batch b, channel d, state n)
 
 How the work is cut (why: kernels/NOTES.md, "Mamba-1 selective scan"):
 - One program owns BLOCK_D channels x all N states of one (batch row, chunk of T steps) and walks
-  the chunk in tiles of BLOCK_L steps. Inside a tile the recurrence is a tl.associative_scan over
-  (a, b) pairs along time on a (BLOCK_D, BLOCK_N, BLOCK_L) register tile; the state between tiles
-  is a (BLOCK_D, BLOCK_N) register tensor. The (batch, dim, L, N) state never touches memory.
+  the chunk in tiles of BLOCK_L steps. Inside a tile each state n (a static loop over N) is one
+  tl.associative_scan over (a, b) pairs along time on a 2-D (BLOCK_D, BLOCK_L) register tile;
+  the state between tiles is a (BLOCK_D, BLOCK_N) register tensor read and written one column at
+  a time. The (batch, dim, L, N) state never touches memory.
 - When batch x dim alone gives too few programs (long sequences), the length is split into
   chunks: `_chunk_local_kernel` computes each chunk's end state from a zero start and its total
   decay, `_chunk_carry_kernel` walks the (few) chunks sequentially to get every chunk's true
@@ -347,17 +348,14 @@ def block_d(want: int, dim: int, dpg: int) -> int:
     return max(1, min(want, dpg & (-dpg), triton.next_power_of_2(dim)))
 
 
-def chunk_steps(L: int, block_l: int, chunk_size, n_programs: int, want_programs: int,
-                max_steps: int | None = None) -> int:
+def chunk_steps(L: int, block_l: int, chunk_size, n_programs: int, want_programs: int) -> int:
     """Steps per chunk T (a multiple of block_l): chunk_size if given, else the longest chunk
-    that still gives about want_programs programs (and at most max_steps)."""
+    that still gives about want_programs programs."""
     tiles = triton.cdiv(L, block_l)
     if chunk_size:
         return triton.cdiv(int(chunk_size), block_l) * block_l
     nc = max(1, min(triton.cdiv(want_programs, n_programs), tiles))
     T = triton.cdiv(tiles, nc) * block_l
-    if max_steps is not None:
-        T = min(T, max(block_l, max_steps // block_l * block_l))
     return T
 
 
