@@ -366,6 +366,7 @@ def write_report(out: Path, results: list[dict], meta: dict) -> None:
         cov = next(r["clean_context_coverage"] for r in results if r["name"] == ck)
         text += [f"**Warning**: {ck} sees only {100 * cov:.0f}% of the clean context in its "
                  "window; its deltas understate the effect of the context.", ""]
+    text += summary_lines(results)
     header = ["checkpoint", "tokenizer", "rate", "clean", "corrupt", "delta",
               "corrupted text", "edits/byte"]
     for name in dict.fromkeys(r["perturbation"] for r in results):
@@ -385,6 +386,27 @@ def write_report(out: Path, results: list[dict], meta: dict) -> None:
                          "continuation bits/byte: corrupt - clean",
                          f"{meta['data']}: degradation under {name}")
     report.write_text(out / "report.md", "\n".join(text))
+
+
+def summary_lines(results: list[dict]) -> list[str]:
+    """Markdown: delta bits/byte at the highest rate, one row per perturbation and one column
+    per checkpoint, then the checkpoint that degraded least under each perturbation."""
+    top = max((r["rate"] for r in results), default=0.0)
+    at_top = [r for r in results if r["rate"] == top]
+    if top == 0 or not at_top:
+        return []
+    names = list(dict.fromkeys(r["name"] for r in at_top))
+    rows, lines = [], []
+    for pert in dict.fromkeys(r["perturbation"] for r in at_top):
+        delta = {r["name"]: r["delta_bits_per_byte"] for r in at_top if r["perturbation"] == pert}
+        rows.append([pert] + [f"{delta[n]:+.4f}" if n in delta else "" for n in names])
+        best = min(delta, key=delta.get)
+        lines.append(f"- **{pert}**: {best} degraded least ({delta[best]:+.4f}; "
+                     f"worst {max(delta, key=delta.get)} {max(delta.values()):+.4f}).")
+    return ["## Summary", "",
+            f"Delta (corrupt - clean continuation bits/byte) at rate {top:g}, per checkpoint:", "",
+            report.markdown_table(["perturbation"] + names, rows, "l" + "r" * len(names)), "",
+            *lines, ""]
 
 
 def _parse_rates(text: str) -> list[float]:

@@ -222,3 +222,18 @@ def test_missing_checkpoint_is_one_line(setup, tmp_path):
     r = run(setup, str(tmp_path / "nope"), "--data", setup["data"], "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "not a checkpoint directory" in r.stderr.strip().splitlines()[-1]
+
+
+def test_summary_names_the_least_degraded_checkpoint_at_the_top_rate():
+    def row(name, pert, rate, delta):
+        return {"name": name, "perturbation": pert, "rate": rate, "delta_bits_per_byte": delta}
+    results = [row("a", "drop", 0.0, 0.0), row("b", "drop", 0.0, 0.0),
+               row("a", "drop", 0.1, 0.05), row("b", "drop", 0.1, 0.01),   # b wins at 0.1 ...
+               row("a", "drop", 0.2, 0.02), row("b", "drop", 0.2, 0.30),   # ... a at the top rate
+               row("a", "swap", 0.2, 0.04), row("b", "swap", 0.2, 0.03)]
+    text = "\n".join(rb.summary_lines(results))
+    assert "at rate 0.2" in text
+    assert "- **drop**: a degraded least (+0.0200; worst b +0.3000)." in text
+    assert "- **swap**: b degraded least (+0.0300; worst a +0.0400)." in text
+    assert "| drop | +0.0200 | +0.3000 |" in text
+    assert rb.summary_lines([row("a", "drop", 0.0, 0.0)]) == []
