@@ -8,21 +8,26 @@
 #     bash scripts/gpu_studies.sh start     # launch every job in the background, return at once
 #     bash scripts/gpu_studies.sh status    # one line per job (running / rc N) + the GPU's memory
 #     bash scripts/gpu_studies.sh wait S    # wait until every job has ended, at most S seconds
-#     bash scripts/gpu_studies.sh collect F # tar docs/results + the logs into F
+#     bash scripts/gpu_studies.sh collect F # tar $RESULTS + the logs into F
+# Reports go to $RESULTS (default $WORK/results, outside the working tree: the device tool
+# re-copies the working tree at every command and deletes untracked files it does not know,
+# which lost a live docs/results twice); unpack the tarball into docs/results to commit them.
 # Jobs (JOBS, default all): compare-gcide (then robustness over its seed-1 checkpoints),
 #     compare-dna (then robustness), noise-text, noise-dna, synth-sc, synth-ih, synth-mqar.
 # Sizes (env, defaults chosen so the whole set ends in ~20 minutes of one H200):
 #     TEXT_BYTES (4,000,000) / DNA_BYTES (2,000,000) training bytes per compare run;
-#     NOISE_BYTES (300,000) real bytes per noise run, NOISE_SEQ_LEN (512), NOISE_BATCH (8);
+#     NOISE_BYTES (120,000) real bytes per noise run, NOISE_SEQ_LEN (256), NOISE_BATCH (8)
+#     (the committed study's sizes: with them a rerun starts from docs/results/noise_padding and
+#     skips its runs; other sizes need SEED_RESULTS=0);
 #     ROBUST_WINDOWS (128); TIME_SCALE (1.0) for the synthetic runs' time budgets;
 #     EXTRA goes to compare only; ROBUST_EXTRA / NOISE_EXTRA to the robustness and noise runs;
 #     MQAR_STAGES ("mqar-256 mqar-512"); GCIDE (.carry/gcide.txt.gz, else ../shared/...).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-LOGS=${LOGS:-/tmp/bytelm-studies/logs}
 WORK=${WORK:-/tmp/bytelm-studies}
-RESULTS=${RESULTS:-docs/results}
+LOGS=${LOGS:-$WORK/logs}
+RESULTS=${RESULTS:-$WORK/results}
 JOBS=${JOBS:-compare-gcide compare-dna noise-text noise-dna synth-sc synth-ih synth-mqar}
 GCIDE=${GCIDE:-}
 if [ -z "$GCIDE" ]; then
@@ -48,8 +53,8 @@ job_command() {  # the shell command of one job; each job has its own cache and 
            "mkdir -p $RESULTS/robustness_$data && cp $WORK/runs/robustness_$data/{report.md,results.json,*.png} $RESULTS/robustness_$data/"
       ;;
     noise-text|noise-dna)
-      echo "export BYTELM_CACHE=$cache; DATASETS=${name#noise-} BYTES=${NOISE_BYTES:-300000}" \
-           "SEQ_LEN=${NOISE_SEQ_LEN:-512} BATCH=${NOISE_BATCH:-8} DEVICE=$DEVICE RUNS=$WORK/noise-runs EXTRA='${NOISE_EXTRA:-}'" \
+      echo "export BYTELM_CACHE=$cache; DATASETS=${name#noise-} BYTES=${NOISE_BYTES:-120000}" \
+           "SEQ_LEN=${NOISE_SEQ_LEN:-256} BATCH=${NOISE_BATCH:-8} DEVICE=$DEVICE RUNS=$WORK/noise-runs EXTRA='${NOISE_EXTRA:-}'" \
            "RESULTS=$RESULTS/noise_padding bash scripts/noise_padding.sh" ;;
     synth-sc) echo "OUT=$RESULTS/synthetic TIME_SCALE=${TIME_SCALE:-1} DEVICE=$DEVICE bash scripts/synthetic.sh sc" ;;
     synth-ih) echo "OUT=$RESULTS/synthetic TIME_SCALE=${TIME_SCALE:-1} DEVICE=$DEVICE bash scripts/synthetic.sh ih" ;;
@@ -99,7 +104,10 @@ wait_all() {  # wait_all SECONDS
 
 collect() {  # collect FILE: the published reports (no checkpoints) and every log
   local file=${1:?collect needs a file name}
-  (cd "$ROOT" && tar czf "$file" --exclude='*.safetensors' --exclude='*.pt' "$RESULTS" -C "$(dirname "$LOGS")" "$(basename "$LOGS")")
+  if [ -d "$RESULTS/synthetic" ]; then  # the synthetic table and figure from every finished run
+    OUT=$RESULTS/synthetic DEVICE=$DEVICE bash scripts/synthetic.sh table >/dev/null || true
+  fi
+  tar czf "$file" --exclude='*.safetensors' --exclude='*.pt' -C "$RESULTS" . -C "$(dirname "$LOGS")" "$(basename "$LOGS")"
   ls -la "$file"
 }
 

@@ -16,6 +16,7 @@
 #      8 x 1024 real bytes); SEQ_LEN real bytes per window (default 1024, so 8192 tokens at k=8);
 #      BATCH (8); PRESET (small); KS (1,2,4,8); FILLERS (pad,burst); MODELS
 #      (mamba,mamba2,transformer,hybrid); DATASETS ("text dna"); EXTRA extra options;
+#      SEED_RESULTS (1: start from the committed docs/results/noise_padding; 0: from empty);
 #      DEVICE (cuda; cpu only to smoke-test this script at tiny sizes, e.g. DEVICE=cpu
 #      RESULTS=/tmp/dry/noise RUNS=/tmp/dry/noise_runs BYTES=8000 SEQ_LEN=32 BATCH=4 PRESET=tiny
 #      KS=1,2: ~3.5 min on 2 cores).
@@ -47,8 +48,10 @@ if [ "$DEVICE" = cuda ] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cu
   echo "noise_padding.sh: no CUDA GPU visible to torch; this is the GPU study" >&2
   exit 1
 fi
-# A study continued elsewhere: seed RESULTS with what the repository already holds.
-if [ "$RESULTS" != docs/results/noise_padding ] && [ -d docs/results/noise_padding ]; then
+# A study continued elsewhere: seed RESULTS with what the repository already holds (runs with
+# the same settings are then skipped; SEED_RESULTS=0 starts from an empty RESULTS instead, e.g.
+# for other sizes, which bytelm noise would refuse to mix with the committed runs).
+if [ "${SEED_RESULTS:-1}" = 1 ] && [ "$RESULTS" != docs/results/noise_padding ] && [ -d docs/results/noise_padding ]; then
   mkdir -p "$RESULTS" && cp -rn docs/results/noise_padding/. "$RESULTS"/
 fi
 mkdir -p "$RESULTS" "$RUNS"
