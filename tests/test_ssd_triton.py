@@ -1,8 +1,8 @@
 """Triton Mamba-2 SSD forward and decode step against the PyTorch reference (float64).
 
 CPU: TRITON_INTERPRET=1 at tiny shapes (chunk 16); GPU: the same tests at real shapes (chunk 256).
-The Triton SSD has no backward yet: with autograd recording, the public op runs the reference,
-which test_ssd_training_path_matches_reference checks is what happens.
+The Triton backward is opt-in (BYTELM_SSD_BWD=triton) until checked on a GPU: by default, with
+autograd recording, the public op runs the reference (test_ssd_training_path_matches_reference).
 """
 
 import os
@@ -15,6 +15,8 @@ if not CUDA:
     os.environ["TRITON_INTERPRET"] = "1"
 triton = pytest.importorskip("triton")
 
+from bytelm.errors import UserError  # noqa: E402
+from bytelm.kernels.ssd import triton_bwd  # noqa: E402
 from bytelm.kernels.ssd.reference import ssd_ref, ssd_state_update_ref  # noqa: E402
 from bytelm.kernels.ssd.triton_fwd import ssd_fwd  # noqa: E402
 from bytelm.kernels.ssd.triton_op import ssd, ssd_state_update  # noqa: E402
@@ -132,3 +134,62 @@ def test_ssd_state_update_matches_reference_and_scan(groups):
                                   dt_bias.double(), True)
         assert rel_err(y, yr) < 1e-5 and rel_err(state, state64) < 1e-5
         ys.append(y)
+
+
+# The backward at a chunk that spans several of its blocks (CPU: chunk 32 in blocks of 16).
+BWD_CHUNK, BWD_BLOCK = (256, 64) if CUDA else (32, 16)
+
+
+@pytest.mark.parametrize("dtype,seqlen,groups,with_state", [
+    (torch.float32, LENGTHS[0], 1, False), (torch.float32, LENGTHS[0], 2, True),
+    (torch.float32, LENGTHS[-1], 1, False), (torch.float32, LENGTHS[-1], 1, True),
+    (torch.float32, LENGTHS[-1], 2, True), (torch.float32, 2 * BWD_CHUNK + 13, 2, True),
+    (torch.bfloat16, LENGTHS[-1], 2, True),
+])
+def test_ssd_backward_matches_reference(monkeypatch, dtype, seqlen, groups, with_state):
+    """Every gradient (x, dt, A, B, C, D, z, dt_bias, initial_state) of y and of the final state,
+    through the Triton backward, against autograd through the float64 reference; with_state adds
+    seq_idx (several documents per row), an initial state, the z gate and per-channel D."""
+    monkeypatch.setenv("BYTELM_SSD_BWD", "triton")
+    monkeypatch.setitem(triton_bwd.BWD_CFG, "BLOCK_Q", BWD_BLOCK)
+    vals = inputs(2, seqlen, groups, dtype, with_state, with_z=with_state, d_per_p=groups == 2,
+                  seed=seqlen + groups)
+    x, dt, A, B, C, D, z, dt_bias, init, seq_idx = vals
+    g = torch.Generator().manual_seed(5)
+    w_y = torch.randn(x.shape, generator=g).to(DEV)
+    w_f = torch.randn(2, *init.shape[1:] if init is not None else
+                      (SHAPE["heads"], SHAPE["headdim"], SHAPE["dstate"]), generator=g).to(DEV)
+    names = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")
+
+    def grads(fn, cast):
+        leaves = [None if v is None else cast(v).clone().requires_grad_() for v in vals[:9]]
+        lx, ldt, lA, lB, lC, lD, lz, lbias, linit = leaves
+        y, fs = fn(lx, ldt, lA, lB, lC, BWD_CHUNK, lD, lz, lbias, True, linit, seq_idx, True)
+        ((y.double() * w_y.double()).sum() + (fs.double() * w_f.double()).sum()).backward()
+        return y, fs, {n: leaf.grad for n, leaf in zip(names, leaves) if leaf is not None}
+
+    y, fs, got = grads(ssd, lambda t: t)
+    yr, fr, want = grads(ssd_ref, lambda t: t.double())
+    assert rel_err(y, yr) <= TOL[dtype] and rel_err(fs, fr) <= TOL[dtype]
+    assert set(got) == set(want)
+    for name in want:
+        assert got[name] is not None and got[name].dtype == vals[names.index(name)].dtype, name
+        assert not got[name].isnan().any(), name
+        if want[name].norm() < 1e-6:  # exactly zero in exact arithmetic (dA at L = 1, no state)
+            assert got[name].double().norm() < 1e-6, name
+        else:
+            assert rel_err(got[name], want[name]) <= TOL[dtype], (name, rel_err(got[name], want[name]))
+
+
+def test_ssd_backward_switch(monkeypatch):
+    """The default training path is the reference; a bad BYTELM_SSD_BWD is a one-line UserError."""
+    x, dt, A, B, C, D, z, dt_bias, _, _ = inputs(1, 5, 1, torch.float32, False, False, False, 2)
+    xg = x.clone().requires_grad_()
+    y = ssd(xg, dt, A, B, C, SHAPE["chunk"], D, None, dt_bias, True)
+    assert "SSDFunction" not in type(y.grad_fn).__name__
+    monkeypatch.setenv("BYTELM_SSD_BWD", "triton")
+    y = ssd(xg, dt, A, B, C, SHAPE["chunk"], D, None, dt_bias, True)
+    assert "SSDFunction" in type(y.grad_fn).__name__
+    monkeypatch.setenv("BYTELM_SSD_BWD", "fast")
+    with pytest.raises(UserError, match="BYTELM_SSD_BWD"):
+        ssd(xg, dt, A, B, C, SHAPE["chunk"], D, None, dt_bias, True)

@@ -185,8 +185,9 @@ def _prec(x):
     return "ieee" if x.dtype in (torch.float32, torch.float64) else "tf32"
 
 
-def ssd_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_state, seg):
-    """Returns y (x's shape/dtype) and final_state (batch, H, P, N) fp32."""
+def ssd_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_state, seg, keep=False):
+    """Returns y (x's shape/dtype) and final_state (batch, H, P, N) fp32; with keep=True also
+    what the backward needs: (dt_buf, cum_buf, states entering each chunk, chunk_decay)."""
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     Q = chunk_size
@@ -227,6 +228,8 @@ def ssd_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_stat
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None,
         HAS_SEG=seg is not None, PREC=prec, F32=INTERPRET, num_warps=4,
     )
+    if keep:
+        return y, final, (dt_buf, cum_buf, states, chunk_decay)
     return y, final
 
 

@@ -1,17 +1,67 @@
 """Triton Mamba-2 SSD: the public ``ssd`` and ``ssd_state_update``.
 
 Status: the Triton forward (triton_fwd.py) is used when no input needs a gradient (inference,
-evaluation, generation's prompt pass). There is no Triton backward yet: when autograd is
-recording for any input, ``ssd`` runs the PyTorch reference (chunked, matmul-based) so that
-training stays correct. See kernels/NOTES.md.
+evaluation, generation's prompt pass). The Triton backward (triton_bwd.py) matches the float64
+reference in the CPU interpreter but has not been checked on a GPU yet, so it is opt-in:
+``BYTELM_SSD_BWD=triton`` runs training through it; by default, when autograd is recording for
+any input, ``ssd`` runs the PyTorch reference (chunked, matmul-based). See kernels/NOTES.md.
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 
+from bytelm.errors import UserError
 from bytelm.kernels.ssd.reference import segment_ids, ssd_ref
+from bytelm.kernels.ssd.triton_bwd import ssd_bwd
 from bytelm.kernels.ssd.triton_fwd import ssd_fwd, ssd_state_update_fwd
+
+BWD_ENV = "BYTELM_SSD_BWD"
+
+
+def triton_backward_requested() -> bool:
+    value = os.environ.get(BWD_ENV, "").strip().lower() or "ref"
+    if value not in ("ref", "triton"):
+        raise UserError(f"{BWD_ENV}={os.environ.get(BWD_ENV)!r} is not ref or triton; unset it "
+                        "or set it to triton to train through the Triton SSD backward")
+    return value == "triton"
+
+
+class _SSDFunction(torch.autograd.Function):
+    """Triton forward + Triton backward; saves the inputs, the chunk-entry states and the
+    per-token dt / cumsum buffers (fp32, (batch·H, L)), recomputes everything else."""
+
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_state, seg, chunk_size, dt_softplus):
+        x, B, C = x.contiguous(), B.contiguous(), C.contiguous()
+        z = None if z is None else z.contiguous()
+        Af = A.float().contiguous()
+        Dc = None if D is None else D.contiguous()
+        bias = None if dt_bias is None else dt_bias.contiguous()
+        y, final, saved = ssd_fwd(x, dt, Af, B, C, chunk_size, Dc, z, bias, dt_softplus,
+                                  initial_state, seg, keep=True)
+        ctx.save_for_backward(x, dt, Af, B, C, Dc, z, bias, seg, *saved)
+        ctx.chunk_size, ctx.dt_softplus = chunk_size, dt_softplus
+        ctx.dtypes = (A.dtype, None if D is None else D.dtype,
+                      None if dt_bias is None else dt_bias.dtype,
+                      None if initial_state is None else initial_state.dtype)
+        ctx.has_init = initial_state is not None
+        return y, final
+
+    @staticmethod
+    def backward(ctx, dy, dfinal):
+        x, dt, A, B, C, D, z, bias, seg, *saved = ctx.saved_tensors
+        if dy is None:
+            dy = torch.zeros_like(x)
+        dx, ddt, dA, dB, dC, dD, dz, dbias, dinit = ssd_bwd(
+            dy, x, dt, A, B, C, ctx.chunk_size, D, z, bias, ctx.dt_softplus, seg, saved, dfinal)
+        a_dt, d_dt, bias_dt, init_dt = ctx.dtypes
+        return (dx, ddt.to(dt.dtype), dA.to(a_dt), dB.to(B.dtype), dC.to(C.dtype),
+                None if dD is None else dD.to(d_dt), dz,
+                None if dbias is None else dbias.to(bias_dt),
+                dinit.to(init_dt) if ctx.has_init else None, None, None, None)
 
 
 def _needs_grad(*tensors):
@@ -23,10 +73,15 @@ def ssd(
     initial_state=None, seq_idx=None, return_final_state=False,
 ):
     """Same contract as bytelm.kernels.ssd (reference.py)."""
-    if _needs_grad(x, dt, A, B, C, D, z, dt_bias, initial_state) or x.dtype == torch.float64:
+    grad = _needs_grad(x, dt, A, B, C, D, z, dt_bias, initial_state)
+    if x.dtype == torch.float64 or (grad and not triton_backward_requested()):
         return ssd_ref(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus,
                        initial_state, seq_idx, return_final_state)
     seg = None if seq_idx is None else segment_ids(seq_idx).to(torch.int32).contiguous()
+    if grad:
+        y, final = _SSDFunction.apply(x, dt, A, B, C, D, z, dt_bias, initial_state, seg,
+                                      int(chunk_size), dt_softplus)
+        return (y, final) if return_final_state else y
     y, final = ssd_fwd(x, dt, A.float().contiguous(), B, C, int(chunk_size),
                        None if D is None else D.contiguous(), z,
                        None if dt_bias is None else dt_bias.contiguous(), dt_softplus, initial_state, seg)

@@ -1,0 +1,322 @@
+"""Mamba-2 SSD backward in Triton: three launches plus a few elementwise torch ops.
+
+Notation per chunk c of Q tokens and head h (as in triton_fwd.py): cum_t = Σ_{u≤t} dt_u·A inside
+the chunk, S_c the state entering chunk c (saved by the forward, the only (P, N) tensors kept),
+dY the gradient of the ungated output. The forward is
+    Y_t   = Σ_{s≤t} (C_t·B_s) e^{cum_t − cum_s} dt_s x_s  +  e^{cum_t} S_c C_t  +  D x_t
+    S_c+1 = e^{cum_end} S_c + Σ_s e^{cum_end − cum_s} dt_s x_s ⊗ B_s
+1. _dstate_local: per (chunk, batch·head): dS_loc_c = Σ_t e^{cum_t} dY_t ⊗ C_t, one (P, Q)·(Q, N) dot.
+2. _dstate_pass:  per (batch·head, block of P·N): walks the chunks backwards, G_c+1 (the gradient of
+                  the state leaving chunk c) overwrites dS_loc_c; the chunk decay's gradient
+                  e^{cum_end}·<G_c+1, S_c>; writes d initial_state = G_0.
+3. _chunk_bwd:    per (block of BLOCK_Q tokens, batch·head), the block both as queries t (dC and
+                  the row sums of dcum, looping over source blocks s ≤ t) and as sources s (dx, dB,
+                  the explicit ddt and the column sums of dcum, looping over query blocks t ≥ s),
+                  plus the carried-in state (S_c) and carried-out state (G_c+1) terms and D.
+                  dB and dC are summed over the heads of a group with fp32 atomic adds.
+Then torch: dcum -> d(dt·A) by a reverse cumsum inside each chunk, ddt, dA, and the dt_bias /
+softplus chain. seq_idx masks exactly the terms the forward masks.
+
+Status: checked against the float64 reference in the CPU interpreter (tests/test_ssd_triton.py);
+opt-in (BYTELM_SSD_BWD=triton) until it has been checked on the GPU (kernels/NOTES.md).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from bytelm.kernels.ssd.triton_fwd import INTERPRET, _chunk_out_kernel, _dot, _prec
+
+
+@triton.jit
+def _dstate_local_kernel(
+    DY, C, SEG, CUM_BUF, DSTATES,
+    L, NC, H, HPG,
+    s_yb, s_yl, s_yh, s_yp, s_cb, s_cl, s_cg, s_cn,
+    P: tl.constexpr, N: tl.constexpr, Q: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, HAS_SEG: tl.constexpr,
+    PREC: tl.constexpr, F32: tl.constexpr,
+):
+    i_c, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    i_g = i_h // HPG
+    i_b64 = i_b.to(tl.int64)
+    o_q = tl.arange(0, Q)
+    o_t = i_c * Q + o_q
+    m_t = o_t < L
+    o_p = tl.arange(0, BLOCK_P)
+    o_n = tl.arange(0, BLOCK_N)
+    b_w = tl.exp(tl.load(CUM_BUF + (i_bh.to(tl.int64) * NC + i_c) * Q + o_q))
+    if HAS_SEG:
+        b_seg = tl.load(SEG + i_b64 * L + o_t, mask=m_t, other=-1)
+        seg_prev = tl.load(SEG + i_b64 * L + i_c * Q - 1, mask=i_c > 0, other=0)
+        b_w = tl.where(b_seg == seg_prev, b_w, 0.0)
+    b_w = tl.where(m_t, b_w, 0.0)
+    p_dy = DY + i_b64 * s_yb + o_t[None, :].to(tl.int64) * s_yl + i_h * s_yh + o_p[:, None] * s_yp
+    b_dyt = tl.load(p_dy, mask=m_t[None, :] & (o_p[:, None] < P), other=0.0).to(tl.float32)
+    b_dyt = (b_dyt * b_w[None, :]).to(DY.dtype.element_ty)  # (P, Q)
+    p_c = C + i_b64 * s_cb + o_t[:, None].to(tl.int64) * s_cl + i_g * s_cg + o_n[None, :] * s_cn
+    b_c = tl.load(p_c, mask=m_t[:, None] & (o_n[None, :] < N), other=0.0)  # (Q, N)
+    b_ds = _dot(b_dyt, b_c.to(b_dyt.dtype), PREC, F32)  # (P, N)
+    p_s = DSTATES + ((i_bh.to(tl.int64) * NC + i_c) * P + o_p[:, None]) * N + o_n[None, :]
+    tl.store(p_s, b_ds, mask=(o_p[:, None] < P) & (o_n[None, :] < N))
+
+
+@triton.jit
+def _dstate_pass_kernel(
+    DSTATES, STATES, CHUNK_DECAY, DFINAL, DINIT, DDECAY, NC, PN, NK,
+    BLOCK: tl.constexpr, HAS_DFINAL: tl.constexpr,
+):
+    i_bh, i_k = tl.program_id(0), tl.program_id(1)
+    o_k = i_k * BLOCK + tl.arange(0, BLOCK)
+    m_k = o_k < PN
+    if HAS_DFINAL:
+        b_g = tl.load(DFINAL + i_bh.to(tl.int64) * PN + o_k, mask=m_k, other=0.0).to(tl.float32)
+    else:
+        b_g = tl.zeros([BLOCK], dtype=tl.float32)
+    for i in range(0, NC):
+        c = NC - 1 - i
+        o_s = (i_bh.to(tl.int64) * NC + c) * PN + o_k
+        b_loc = tl.load(DSTATES + o_s, mask=m_k, other=0.0)
+        tl.store(DSTATES + o_s, b_g, mask=m_k)  # now: G_{c+1}, the gradient of the state leaving c
+        b_decay = tl.load(CHUNK_DECAY + i_bh.to(tl.int64) * NC + c)
+        b_s = tl.load(STATES + o_s, mask=m_k, other=0.0)
+        # d/d cum_end of e^{cum_end}·S_c is e^{cum_end}·S_c (zero where the chunk does not carry)
+        tl.store(DDECAY + (i_bh.to(tl.int64) * NC + c) * NK + i_k, b_decay * tl.sum(b_g * b_s, axis=0))
+        b_g = b_decay * b_g + b_loc
+    tl.store(DINIT + i_bh.to(tl.int64) * PN + o_k, b_g, mask=m_k)
+
+
+@triton.jit
+def _chunk_bwd_kernel(
+    X, B, C, DY, D, SEG, DT_BUF, CUM_BUF, STATES, GSTATES,
+    DX, DB, DC, DD, DDT, DCUM_T, DCUM_S, DCUM_END,
+    L, NC, H, HPG,
+    s_xb, s_xl, s_xh, s_xp, s_bb, s_bl, s_bg, s_bn, s_cb, s_cl, s_cg, s_cn,
+    s_yb, s_yl, s_yh, s_yp, s_gb, s_gl, s_gg, s_gn,
+    P: tl.constexpr, N: tl.constexpr, Q: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_SEG: tl.constexpr,
+    PREC: tl.constexpr, F32: tl.constexpr,
+):
+    i_cq, i_bh = tl.program_id(0), tl.program_id(1)
+    n_qb: tl.constexpr = Q // BLOCK_Q
+    i_c, i_qb = i_cq // n_qb, i_cq % n_qb
+    i_b, i_h = i_bh // H, i_bh % H
+    i_g = i_h // HPG
+    i_b64 = i_b.to(tl.int64)
+    o_i = tl.arange(0, BLOCK_Q)
+    o_p = tl.arange(0, BLOCK_P)
+    o_n = tl.arange(0, BLOCK_N)
+    m_p, m_n = o_p < P, o_n < N
+    buf0 = (i_bh.to(tl.int64) * NC + i_c) * Q
+    o_s0 = (i_bh.to(tl.int64) * NC + i_c) * P * N
+    # this program's block: tokens o_tb, as queries (t) and as sources (s)
+    o_tb = i_c * Q + i_qb * BLOCK_Q + o_i
+    m_tb = o_tb < L
+    m_bp = m_tb[:, None] & m_p[None, :]
+    m_bn = m_tb[:, None] & m_n[None, :]
+    b_cum = tl.load(CUM_BUF + buf0 + i_qb * BLOCK_Q + o_i)
+    b_dt = tl.load(DT_BUF + buf0 + i_qb * BLOCK_Q + o_i)
+    b_cum_end = tl.load(CUM_BUF + buf0 + Q - 1)
+    p_x = X + i_b64 * s_xb + o_tb[:, None].to(tl.int64) * s_xl + i_h * s_xh + o_p[None, :] * s_xp
+    p_dy = DY + i_b64 * s_yb + o_tb[:, None].to(tl.int64) * s_yl + i_h * s_yh + o_p[None, :] * s_yp
+    p_b = B + i_b64 * s_bb + o_tb[:, None].to(tl.int64) * s_bl + i_g * s_bg + o_n[None, :] * s_bn
+    p_c = C + i_b64 * s_cb + o_tb[:, None].to(tl.int64) * s_cl + i_g * s_cg + o_n[None, :] * s_cn
+    b_x = tl.load(p_x, mask=m_bp, other=0.0)  # (BQ, P)
+    b_dy = tl.load(p_dy, mask=m_bp, other=0.0)  # (BQ, P)
+    b_b = tl.load(p_b, mask=m_bn, other=0.0)  # (BQ, N)
+    b_c = tl.load(p_c, mask=m_bn, other=0.0)  # (BQ, N)
+    b_decay_in = tl.exp(b_cum)
+    b_decay_out = tl.exp(b_cum_end - b_cum)
+    if HAS_SEG:
+        b_seg = tl.load(SEG + i_b64 * L + o_tb, mask=m_tb, other=-1)
+        seg_prev = tl.load(SEG + i_b64 * L + i_c * Q - 1, mask=i_c > 0, other=0)
+        seg_end = tl.load(SEG + i_b64 * L + tl.minimum(i_c * Q + Q, L) - 1)
+        b_decay_in = tl.where(b_seg == seg_prev, b_decay_in, 0.0)
+        b_decay_out = tl.where(b_seg == seg_end, b_decay_out, 0.0)
+    b_decay_in = tl.where(m_tb, b_decay_in, 0.0)
+    b_decay_out = tl.where(m_tb, b_decay_out, 0.0)
+
+    # -- the block as queries: Y_t's gradient w.r.t. C_t and cum_t ---------------------------
+    # carried-in state: Y_off_t = e^{cum_t} S C_t, S (P, N)
+    p_st = STATES + o_s0 + o_p[None, :] * N + o_n[:, None]
+    b_st = tl.load(p_st, mask=m_n[:, None] & m_p[None, :], other=0.0)  # (N, P) = S^T
+    b_cs = _dot(b_c, b_st.to(b_c.dtype), PREC, F32)  # (BQ, P) = C_t S^T
+    b_dcum_t = b_decay_in * tl.sum(b_dy.to(tl.float32) * b_cs, axis=1)
+    p_s = STATES + o_s0 + o_p[:, None] * N + o_n[None, :]
+    b_s = tl.load(p_s, mask=m_p[:, None] & m_n[None, :], other=0.0)  # (P, N)
+    b_dc = _dot(b_dy, b_s.to(b_dy.dtype), PREC, F32) * b_decay_in[:, None]  # (BQ, N)
+    for i_jb in range(0, i_qb + 1):  # source blocks s <= t
+        o_tj = i_c * Q + i_jb * BLOCK_Q + o_i
+        m_tj = o_tj < L
+        b_cum_j = tl.load(CUM_BUF + buf0 + i_jb * BLOCK_Q + o_i)
+        b_dt_j = tl.load(DT_BUF + buf0 + i_jb * BLOCK_Q + o_i)
+        p_bj = B + i_b64 * s_bb + o_tj[:, None].to(tl.int64) * s_bl + i_g * s_bg + o_n[None, :] * s_bn
+        b_bj = tl.load(p_bj, mask=m_tj[:, None] & m_n[None, :], other=0.0)  # (BQ, N)
+        p_xj = X + i_b64 * s_xb + o_tj[None, :].to(tl.int64) * s_xl + i_h * s_xh + o_p[:, None] * s_xp
+        b_xjt = tl.load(p_xj, mask=m_tj[None, :] & m_p[:, None], other=0.0)  # (P, BQ)
+        m_ij = (o_tb[:, None] >= o_tj[None, :]) & m_tj[None, :]
+        if HAS_SEG:
+            b_seg_j = tl.load(SEG + i_b64 * L + o_tj, mask=m_tj, other=-2)
+            m_ij = m_ij & (b_seg[:, None] == b_seg_j[None, :])
+        b_dec = tl.exp(tl.where(m_ij, b_cum[:, None] - b_cum_j[None, :], -float("inf")))
+        b_dyx = _dot(b_dy, b_xjt.to(b_dy.dtype), PREC, F32)  # (BQ_t, BQ_s) = dY_t · x_s
+        b_cb = _dot(b_c, tl.trans(b_bj).to(b_c.dtype), PREC, F32)  # (BQ_t, BQ_s) = C_t · B_s
+        b_wdx = b_dyx * b_dec * b_dt_j[None, :]
+        b_dcum_t += tl.sum(b_wdx * b_cb, axis=1)
+        b_dc += _dot(b_wdx.to(b_bj.dtype), b_bj, PREC, F32)
+
+    # -- the block as sources: the gradient of every term that reads x_s, B_s, dt_s ----------
+    # carried-out state: S_c+1 gets e^{cum_end − cum_s} dt_s x_s ⊗ B_s; G = G_{c+1} (P, N)
+    p_gt = GSTATES + o_s0 + o_p[None, :] * N + o_n[:, None]
+    b_gt = tl.load(p_gt, mask=m_n[:, None] & m_p[None, :], other=0.0)  # (N, P) = G^T
+    p_g = GSTATES + o_s0 + o_p[:, None] * N + o_n[None, :]
+    b_g = tl.load(p_g, mask=m_p[:, None] & m_n[None, :], other=0.0)  # (P, N)
+    b_gb = _dot(b_b, b_gt.to(b_b.dtype), PREC, F32)  # (BQ, P) = G B_s
+    b_xg = _dot(b_x, b_g.to(b_x.dtype), PREC, F32)  # (BQ, N) = x_s^T G
+    b_f = b_decay_out * b_dt
+    b_e = b_decay_out * tl.sum(b_x.to(tl.float32) * b_gb, axis=1)  # d/d dt_s (explicit)
+    b_dx = b_gb * b_f[:, None]
+    b_db = b_xg * b_f[:, None]
+    b_ddt = b_e
+    b_dcum_s = -b_e * b_dt
+    tl.atomic_add(DCUM_END + i_bh.to(tl.int64) * NC + i_c, tl.sum(b_e * b_dt, axis=0))
+    for i_ib in range(i_qb, n_qb):  # query blocks t >= s
+        o_ti = i_c * Q + i_ib * BLOCK_Q + o_i
+        m_ti = o_ti < L
+        b_cum_i = tl.load(CUM_BUF + buf0 + i_ib * BLOCK_Q + o_i)
+        p_ci = C + i_b64 * s_cb + o_ti[:, None].to(tl.int64) * s_cl + i_g * s_cg + o_n[None, :] * s_cn
+        b_ci = tl.load(p_ci, mask=m_ti[:, None] & m_n[None, :], other=0.0)  # (BQ, N)
+        p_dyi = DY + i_b64 * s_yb + o_ti[:, None].to(tl.int64) * s_yl + i_h * s_yh + o_p[None, :] * s_yp
+        b_dyi = tl.load(p_dyi, mask=m_ti[:, None] & m_p[None, :], other=0.0)  # (BQ, P)
+        m_ji = (o_ti[None, :] >= o_tb[:, None]) & m_ti[None, :]
+        if HAS_SEG:
+            b_seg_i = tl.load(SEG + i_b64 * L + o_ti, mask=m_ti, other=-2)
+            m_ji = m_ji & (b_seg[:, None] == b_seg_i[None, :])
+        b_dec = tl.exp(tl.where(m_ji, b_cum_i[None, :] - b_cum[:, None], -float("inf")))  # (s, t)
+        b_bc = _dot(b_b, tl.trans(b_ci).to(b_b.dtype), PREC, F32)  # (BQ_s, BQ_t) = B_s · C_t
+        b_xdy = _dot(b_x, tl.trans(b_dyi).to(b_x.dtype), PREC, F32)  # (BQ_s, BQ_t) = x_s · dY_t
+        b_k = b_bc * b_dec  # (s, t)
+        b_dx += _dot((b_k * b_dt[:, None]).to(b_dyi.dtype), b_dyi, PREC, F32)
+        b_db += _dot((b_xdy * b_dec * b_dt[:, None]).to(b_ci.dtype), b_ci, PREC, F32)
+        b_kx = tl.sum(b_k * b_xdy, axis=1)
+        b_ddt += b_kx
+        b_dcum_s -= b_kx * b_dt
+    if HAS_D:
+        b_dyf = b_dy.to(tl.float32)
+        if D_PER_P:
+            b_d = tl.load(D + i_h * P + o_p, mask=m_p, other=0.0).to(tl.float32)
+            b_dx += b_dyf * b_d[None, :]
+            tl.atomic_add(DD + i_h * P + o_p, tl.sum(b_dyf * b_x.to(tl.float32), axis=0), mask=m_p)
+        else:
+            b_dx += b_dyf * tl.load(D + i_h).to(tl.float32)
+            tl.atomic_add(DD + i_h, tl.sum(tl.sum(b_dyf * b_x.to(tl.float32), axis=1), axis=0))
+
+    p_dx = DX + i_b64 * s_xb + o_tb[:, None].to(tl.int64) * s_xl + i_h * s_xh + o_p[None, :] * s_xp
+    tl.store(p_dx, b_dx.to(DX.dtype.element_ty), mask=m_bp)
+    # dB, dC: (batch, L, G, N) fp32, summed over the group's heads
+    p_db = DB + i_b64 * s_gb + o_tb[:, None].to(tl.int64) * s_gl + i_g * s_gg + o_n[None, :] * s_gn
+    tl.atomic_add(p_db, b_db, mask=m_bn)
+    p_dc = DC + i_b64 * s_gb + o_tb[:, None].to(tl.int64) * s_gl + i_g * s_gg + o_n[None, :] * s_gn
+    tl.atomic_add(p_dc, b_dc, mask=m_bn)
+    o_buf = buf0 + i_qb * BLOCK_Q + o_i
+    tl.store(DDT + o_buf, b_ddt)
+    tl.store(DCUM_T + o_buf, b_dcum_t)
+    tl.store(DCUM_S + o_buf, b_dcum_s)
+
+
+# Launch settings of the backward; BLOCK_Q must divide the chunk size (tests shrink it so that a
+# chunk spans several blocks in the interpreter).
+BWD_CFG = {"BLOCK_Q": 64}
+
+
+def ssd_bwd(dy, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, seg, saved, dfinal):
+    """Gradients (dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinit) of ssd_fwd's (y, final_state).
+
+    saved = (dt_buf, cum_buf, states, chunk_decay) from ssd_fwd(..., keep=True); dfinal may be None.
+    Returned gradients are fp32 except dx and dz (x's and z's dtype); dD / ddt_bias / dA follow
+    the parameters' shapes.
+    """
+    dt_buf, cum_buf, states, chunk_decay = saved
+    batch, seqlen, nheads, headdim = x.shape
+    ngroups, dstate = B.shape[2], B.shape[3]
+    Q = chunk_size
+    nc = triton.cdiv(seqlen, Q)
+    dev, f32 = x.device, torch.float32
+    prec = _prec(x)
+    bp, bn = max(16, triton.next_power_of_2(headdim)), max(16, triton.next_power_of_2(dstate))
+    block_q = min(BWD_CFG["BLOCK_Q"], Q)
+    hpg = nheads // ngroups
+    dy = dy.contiguous()
+    dz = None
+    if z is not None:  # the gate: recompute the ungated output (one chunk-out pass, not stored)
+        y_pre = torch.empty_like(x)
+        _chunk_out_kernel[(nc * (Q // block_q), batch * nheads)](  # BLOCK_Q: any divisor of Q
+            x, B, C, None, D, seg, dt_buf, cum_buf, states, y_pre,
+            seqlen, nc, nheads, hpg,
+            *x.stride(), *B.stride(), *C.stride(), 0, 0, 0, 0, *y_pre.stride(),
+            P=headdim, N=dstate, Q=Q, BLOCK_Q=block_q, BLOCK_P=bp, BLOCK_N=bn,
+            HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=False,
+            HAS_SEG=seg is not None, PREC=prec, F32=INTERPRET, num_warps=4,
+        )
+        zf = z.float()
+        sig = torch.sigmoid(zf)
+        dyf = dy.float()
+        dz = (dyf * y_pre.float() * sig * (1 + zf * (1 - sig))).to(z.dtype)
+        dy = (dyf * zf * sig).to(x.dtype)
+        del y_pre
+    dstates = torch.empty_like(states)
+    _dstate_local_kernel[(nc, batch * nheads)](
+        dy, C, seg, cum_buf, dstates, seqlen, nc, nheads, hpg,
+        *dy.stride(), *C.stride(),
+        P=headdim, N=dstate, Q=Q, BLOCK_P=bp, BLOCK_N=bn, HAS_SEG=seg is not None,
+        PREC=prec, F32=INTERPRET, num_warps=8 if Q >= 128 else 4,
+    )
+    pn = headdim * dstate
+    block = min(1024, triton.next_power_of_2(pn))
+    nk = triton.cdiv(pn, block)
+    dinit = torch.empty(batch, nheads, headdim, dstate, device=dev, dtype=f32)
+    ddecay = torch.empty(batch * nheads, nc, nk, device=dev, dtype=f32)
+    dfin = dfinal.float().contiguous() if dfinal is not None else None
+    _dstate_pass_kernel[(batch * nheads, nk)](
+        dstates, states, chunk_decay, dfin, dinit, ddecay, nc, pn, nk,
+        BLOCK=block, HAS_DFINAL=dfin is not None, num_warps=4,
+    )
+    dx = torch.empty_like(x)
+    dB = torch.zeros(batch, seqlen, ngroups, dstate, device=dev, dtype=f32)
+    dC = torch.zeros_like(dB)
+    dD = torch.zeros(D.shape, device=dev, dtype=f32) if D is not None else None
+    ddt_e = torch.empty_like(dt_buf)
+    dcum_t = torch.empty_like(dt_buf)
+    dcum_s = torch.empty_like(dt_buf)
+    dcum_end = ddecay.sum(-1)  # (batch·H, nc); the kernel adds the carried-out terms
+    _chunk_bwd_kernel[(nc * (Q // block_q), batch * nheads)](
+        x, B, C, dy, D, seg, dt_buf, cum_buf, states, dstates,
+        dx, dB, dC, dD, ddt_e, dcum_t, dcum_s, dcum_end,
+        seqlen, nc, nheads, hpg,
+        *x.stride(), *B.stride(), *C.stride(), *dy.stride(), *dB.stride(),
+        P=headdim, N=dstate, Q=Q, BLOCK_Q=block_q, BLOCK_P=bp, BLOCK_N=bn,
+        HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_SEG=seg is not None,
+        PREC=prec, F32=INTERPRET, num_warps=4,
+    )
+    # dcum -> d(dt·A): cum is an inclusive cumsum inside the chunk, cum_end its last entry
+    dcum = dcum_t + dcum_s
+    dcum[:, :, -1] += dcum_end
+    d_dta = dcum.flip(-1).cumsum(-1).flip(-1)  # (batch·H, nc, Q)
+    Af = A.float()
+    ddt_eff = ddt_e + d_dta * Af.repeat(batch)[:, None, None]
+    dA = (d_dta * dt_buf).view(batch, nheads, -1).sum((0, 2))  # padded steps have dt = 0
+
+    def to_blh(t):  # (batch·H, nc, Q) -> (batch, L, H)
+        return t.view(batch, nheads, nc * Q)[:, :, :seqlen].transpose(1, 2)
+
+    ddt = to_blh(ddt_eff)
+    raw = dt.float() + (dt_bias.float() if dt_bias is not None else 0.0)
+    if dt_softplus:
+        ddt = ddt * torch.where(raw > 20.0, torch.ones_like(raw), torch.sigmoid(raw))
+    ddt_bias = ddt.sum((0, 1)) if dt_bias is not None else None
+    return dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinit
+
