@@ -4,8 +4,9 @@
 
 1. pytest tests/test_conv_norm_triton.py tests/test_ssd_triton.py (real shapes on CUDA).
 2. bytelm's Mamba-2 base-width model (4 layers) in bf16 autocast: loss and every gradient with
-   BYTELM_KERNELS=auto (Triton norm + conv, reference SSD under autograd) against =ref, and
-   no-grad logits (Triton SSD forward) against =ref, with packed documents.
+   BYTELM_KERNELS=auto (Triton norm + conv, reference SSD under autograd), and with auto plus
+   BYTELM_SSD_BWD=triton (the Triton SSD backward too), against =ref, and no-grad logits
+   (Triton SSD forward) against =ref, with packed documents.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ def model_check():
     ids = torch.randint(0, 264, (2, 1500), device="cuda")
     doc = torch.cumsum((torch.rand(2, 1500, device="cuda") < 0.002).int(), 1)
     out = {}
-    for mode in ("ref", "auto"):
-        os.environ["BYTELM_KERNELS"] = mode
+    for mode in ("ref", "auto", "auto+ssd_bwd"):
+        os.environ["BYTELM_KERNELS"] = mode.split("+")[0]
+        os.environ["BYTELM_SSD_BWD"] = "triton" if mode.endswith("ssd_bwd") else "ref"
         model.zero_grad()
         with torch.autocast("cuda", dtype=torch.bfloat16):
             logits = model(ids, doc_ids=doc)
@@ -41,11 +43,15 @@ def model_check():
             nograd = model(ids, doc_ids=doc).float()
         out[mode] = (loss.item(), grads, nograd)
     os.environ.pop("BYTELM_KERNELS")
-    (lr, gr, nr), (la, ga, na) = out["ref"], out["auto"]
-    worst = max((rel(ga[n], gr[n]), n) for n in gr)
-    print(f"model: loss ref {lr:.5f} auto {la:.5f}; no-grad logits rel {rel(na, nr):.2e}; "
-          f"worst grad rel {worst[0]:.2e} ({worst[1]})")
-    ok = abs(lr - la) < 1e-2 and rel(na, nr) < 2e-2 and worst[0] < 5e-2
+    os.environ.pop("BYTELM_SSD_BWD")
+    lr, gr, nr = out["ref"]
+    ok = True
+    for mode in ("auto", "auto+ssd_bwd"):
+        la, ga, na = out[mode]
+        worst = max((rel(ga[n], gr[n]), n) for n in gr)
+        print(f"model {mode}: loss ref {lr:.5f} {mode} {la:.5f}; no-grad logits rel {rel(na, nr):.2e}; "
+              f"worst grad rel {worst[0]:.2e} ({worst[1]})")
+        ok = ok and abs(lr - la) < 1e-2 and rel(na, nr) < 2e-2 and worst[0] < 5e-2
     print("model check", "OK" if ok else "FAILED")
     return ok
 
