@@ -141,13 +141,11 @@ def _chunk_bwd_kernel(
     b_decay_out = tl.where(m_tb, b_decay_out, 0.0)
 
     # -- the block as queries: Y_t's gradient w.r.t. C_t and cum_t ---------------------------
-    # carried-in state: Y_off_t = e^{cum_t} S C_t, S (P, N)
-    p_st = STATES + o_s0 + o_p[None, :] * N + o_n[:, None]
-    b_st = tl.load(p_st, mask=m_n[:, None] & m_p[None, :], other=0.0)  # (N, P) = S^T
-    b_cs = _dot(b_c, b_st.to(b_c.dtype), PREC, F32)  # (BQ, P) = C_t S^T
-    b_dcum_t = b_decay_in * tl.sum(b_dy.to(tl.float32) * b_cs, axis=1)
+    # carried-in state: Y_off_t = e^{cum_t} S C_t; S (P, N) loaded once, cast to the dot dtype
     p_s = STATES + o_s0 + o_p[:, None] * N + o_n[None, :]
-    b_s = tl.load(p_s, mask=m_p[:, None] & m_n[None, :], other=0.0)  # (P, N)
+    b_s = tl.load(p_s, mask=m_p[:, None] & m_n[None, :], other=0.0).to(b_c.dtype)  # (P, N)
+    b_cs = _dot(b_c, tl.trans(b_s), PREC, F32)  # (BQ, P) = C_t S^T
+    b_dcum_t = b_decay_in * tl.sum(b_dy.to(tl.float32) * b_cs, axis=1)
     b_dc = _dot(b_dy, b_s.to(b_dy.dtype), PREC, F32) * b_decay_in[:, None]  # (BQ, N)
     for i_jb in range(0, i_qb + 1):  # source blocks s <= t
         o_tj = i_c * Q + i_jb * BLOCK_Q + o_i
@@ -171,11 +169,9 @@ def _chunk_bwd_kernel(
 
     # -- the block as sources: the gradient of every term that reads x_s, B_s, dt_s ----------
     # carried-out state: S_c+1 gets e^{cum_end − cum_s} dt_s x_s ⊗ B_s; G = G_{c+1} (P, N)
-    p_gt = GSTATES + o_s0 + o_p[None, :] * N + o_n[:, None]
-    b_gt = tl.load(p_gt, mask=m_n[:, None] & m_p[None, :], other=0.0)  # (N, P) = G^T
     p_g = GSTATES + o_s0 + o_p[:, None] * N + o_n[None, :]
-    b_g = tl.load(p_g, mask=m_p[:, None] & m_n[None, :], other=0.0)  # (P, N)
-    b_gb = _dot(b_b, b_gt.to(b_b.dtype), PREC, F32)  # (BQ, P) = G B_s
+    b_g = tl.load(p_g, mask=m_p[:, None] & m_n[None, :], other=0.0).to(b_b.dtype)  # (P, N)
+    b_gb = _dot(b_b, tl.trans(b_g), PREC, F32)  # (BQ, P) = G B_s
     b_xg = _dot(b_x, b_g.to(b_x.dtype), PREC, F32)  # (BQ, N) = x_s^T G
     b_f = b_decay_out * b_dt
     b_e = b_decay_out * tl.sum(b_x.to(tl.float32) * b_gb, axis=1)  # d/d dt_s (explicit)
