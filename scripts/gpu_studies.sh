@@ -22,6 +22,8 @@
 #     ROBUST_WINDOWS (128); TIME_SCALE (1.0) for the synthetic runs' time budgets;
 #     EXTRA goes to compare only; ROBUST_EXTRA / NOISE_EXTRA to the robustness and noise runs;
 #     MQAR_STAGES ("mqar-256 mqar-512"); GCIDE (.carry/gcide.txt.gz, else ../shared/...).
+# The synthetic runs stop at time budgets, so sharing the GPU leaves them fewer steps: for the
+# issue-9 table run them alone, e.g. JOBS="synth-sc synth-ih synth-mqar" TIME_SCALE=3.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
