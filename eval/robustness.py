@@ -400,9 +400,9 @@ def summary_lines(results: list[dict]) -> list[str]:
     for pert in dict.fromkeys(r["perturbation"] for r in at_top):
         delta = {r["name"]: r["delta_bits_per_byte"] for r in at_top if r["perturbation"] == pert}
         rows.append([pert] + [f"{delta[n]:+.4f}" if n in delta else "" for n in names])
-        best = min(delta, key=delta.get)
+        best, worst = min(delta, key=delta.get), max(delta, key=delta.get)
         lines.append(f"- **{pert}**: {best} degraded least ({delta[best]:+.4f}; "
-                     f"worst {max(delta, key=delta.get)} {max(delta.values()):+.4f}).")
+                     f"worst {worst} {delta[worst]:+.4f}).")
     return ["## Summary", "",
             f"Delta (corrupt - clean continuation bits/byte) at rate {top:g}, per checkpoint:", "",
             report.markdown_table(["perturbation"] + names, rows, "l" + "r" * len(names)), "",

@@ -118,5 +118,5 @@ case ${1:-} in
   status) status ;;
   wait) wait_all "${2:-600}"; status ;;
   collect) collect "${2:-}" ;;
-  *) sed -n '2,20p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,26p' "$0" >&2; exit 2 ;;
 esac

@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from bytelm.kernels.ssd.triton_fwd import INTERPRET, _chunk_out_kernel, _dot, _prec
+from bytelm.kernels.ssd.triton_fwd import INTERPRET, _dot, _prec, chunk_out
 
 
 @triton.jit
@@ -249,15 +249,7 @@ def ssd_bwd(dy, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, seg, sav
     dy = dy.contiguous()
     dz = None
     if z is not None:  # the gate: recompute the ungated output (one chunk-out pass, not stored)
-        y_pre = torch.empty_like(x)
-        _chunk_out_kernel[(nc * (Q // block_q), batch * nheads)](  # BLOCK_Q: any divisor of Q
-            x, B, C, None, D, seg, dt_buf, cum_buf, states, y_pre,
-            seqlen, nc, nheads, hpg,
-            *x.stride(), *B.stride(), *C.stride(), 0, 0, 0, 0, *y_pre.stride(),
-            P=headdim, N=dstate, Q=Q, BLOCK_Q=block_q, BLOCK_P=bp, BLOCK_N=bn,
-            HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=False,
-            HAS_SEG=seg is not None, PREC=prec, F32=INTERPRET, num_warps=4,
-        )
+        y_pre = chunk_out(x, B, C, None, D, seg, (dt_buf, cum_buf, states), Q)
         zf = z.float()
         sig = torch.sigmoid(zf)
         dyf = dy.float()

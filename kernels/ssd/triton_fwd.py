@@ -217,6 +217,20 @@ def ssd_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_stat
     _state_pass_kernel[(batch * nheads, triton.cdiv(pn, block))](
         states, chunk_decay, init, final, nc, pn, BLOCK=block, HAS_INIT=init is not None, num_warps=4,
     )
+    y = chunk_out(x, B, C, z, D, seg, (dt_buf, cum_buf, states), Q)
+    if keep:
+        return y, final, (dt_buf, cum_buf, states, chunk_decay)
+    return y, final
+
+
+def chunk_out(x, B, C, z, D, seg, bufs, Q):
+    """Launch _chunk_out_kernel: the output from the chunk buffers (dt, cum, states entering each
+    chunk) that _chunk_state and _state_pass left; z=None gives the ungated output."""
+    batch, seqlen, nheads, headdim = x.shape
+    ngroups, dstate = B.shape[2], B.shape[3]
+    nc = triton.cdiv(seqlen, Q)
+    dt_buf, cum_buf, states = bufs
+    bp, bn = max(16, triton.next_power_of_2(headdim)), max(16, triton.next_power_of_2(dstate))
     y = torch.empty_like(x)
     block_q = min(64, Q)
     zs = z.stride() if z is not None else (0, 0, 0, 0)
@@ -226,11 +240,9 @@ def ssd_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_stat
         *x.stride(), *B.stride(), *C.stride(), *zs, *y.stride(),
         P=headdim, N=dstate, Q=Q, BLOCK_Q=block_q, BLOCK_P=bp, BLOCK_N=bn,
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None,
-        HAS_SEG=seg is not None, PREC=prec, F32=INTERPRET, num_warps=4,
+        HAS_SEG=seg is not None, PREC=_prec(x), F32=INTERPRET, num_warps=4,
     )
-    if keep:
-        return y, final, (dt_buf, cum_buf, states, chunk_decay)
-    return y, final
+    return y
 
 
 @triton.jit

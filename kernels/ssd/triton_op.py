@@ -52,9 +52,7 @@ class _SSDFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dfinal):
-        x, dt, A, B, C, D, z, bias, seg, *saved = ctx.saved_tensors
-        if dy is None:
-            dy = torch.zeros_like(x)
+        x, dt, A, B, C, D, z, bias, seg, *saved = ctx.saved_tensors  # dy, dfinal: materialized
         dx, ddt, dA, dB, dC, dD, dz, dbias, dinit = ssd_bwd(
             dy, x, dt, A, B, C, ctx.chunk_size, D, z, bias, ctx.dt_softplus, seg, saved, dfinal)
         a_dt, d_dt, bias_dt, init_dt = ctx.dtypes
