@@ -10,6 +10,10 @@ of memory is recorded as None (with status "oom"), and longer lengths are not tr
     python -m bytelm.eval.synthetic induction-heads --model mamba --steps 2000 --json
     python -m bytelm.eval.synthetic mqar --model mamba2 --d-state 64 --seq-len 512 --out runs/mqar
 
+--curriculum START trains on START-token contexts first and doubles the context each time a log
+window's train accuracy reaches --curriculum-at (default 0.9), up to --seq-len; the accuracy stop
+and the test set are at --seq-len only, and the record says where the curriculum ended.
+
 --json ends stdout with one JSON object (task, model, steps, accuracy at the training length,
 accuracy_by_length, and the rest of the record); --out DIR writes DIR/results.json (atomically)
 and DIR/accuracy.png. `results_table` and `plot_summary` turn several runs' results into the
@@ -126,25 +130,37 @@ def train(model: LM, o, device: torch.device, log=None) -> dict:
                                                  beta2=0.95), device)
     model.train()
     history, stopped = [], "steps"
+    length = o.curriculum or o.seq_len             # the context length of this step's batches
+    full_at = 0 if length == o.seq_len else None   # step at which training reached o.seq_len
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     answers, window_steps = 0, 0
     t0 = time.time()
 
-    def flush(step, lr):
-        """Log the window's mean loss and train accuracy; returns a reason to stop, or None."""
-        nonlocal answers, window_steps
+    def flush(step, lr, advance=True):
+        """Log the window's mean loss and train accuracy; returns a reason to stop, or None.
+        With a curriculum, a window at or above o.curriculum_at doubles the length (up to
+        o.seq_len), and the accuracy stop applies only at o.seq_len."""
+        nonlocal answers, window_steps, length, full_at
         mean_loss, acc = float(loss_sum) / window_steps, int(correct) / answers
         row = dict(step=step, loss=round(mean_loss, 5), train_accuracy=round(acc, 5), lr=lr,
                    seconds=round(time.time() - t0, 2))
+        if o.curriculum:
+            row["length"] = length
         history.append(row)
         log(f"step {step:>6}/{o.steps}  loss {mean_loss:.4f}  train acc {acc:.4f}  "
-            f"lr {lr:.2e}  {row['seconds']:.0f}s")
+            f"lr {lr:.2e}  {row['seconds']:.0f}s" + (f"  length {length}" if o.curriculum else ""))
         loss_sum.zero_(), correct.zero_()
         answers, window_steps = 0, 0
         if not math.isfinite(mean_loss):
             return "diverged"
-        if o.stop_at_accuracy and acc >= o.stop_at_accuracy:
+        if length < o.seq_len:
+            if advance and acc >= o.curriculum_at:
+                length = min(2 * length, o.seq_len)
+                full_at = step if length == o.seq_len else None
+                log(f"curriculum: train accuracy {acc:.4f} >= {o.curriculum_at}; length {length} from step {step + 1}")
+            return None
+        if o.stop_at_accuracy is not None and acc >= o.stop_at_accuracy:
             return "accuracy"
         return None
 
@@ -157,7 +173,7 @@ def train(model: LM, o, device: torch.device, log=None) -> dict:
         lr = lr_at(step, elapsed, o)
         for group in opt.param_groups:
             group["lr"] = lr
-        x, y, idx = tasks.make_batch(o.task, o.batch_size, o.seq_len, gen, **_task_kw(o))
+        x, y, idx = tasks.make_batch(o.task, o.batch_size, length, gen, **_task_kw(o))
         target = y.gather(1, idx)                                        # (B, n)
         with autocast_for(device):
             logits = answer_logits(model, x, idx)                        # (B, n, V)
@@ -176,8 +192,9 @@ def train(model: LM, o, device: torch.device, log=None) -> dict:
             if stopped != "steps":
                 break
     if window_steps:  # the steps since the last log line (a time-budget stop)
-        flush(step, lr)
-    return dict(steps=step, stopped=stopped, history=history, seconds_train=round(time.time() - t0, 2))
+        flush(step, lr, advance=False)
+    return dict(steps=step, stopped=stopped, history=history, seconds_train=round(time.time() - t0, 2),
+                final_length=length, full_length_from_step=full_at)
 
 
 # ---------------------------------------------------------------------------- evaluate
@@ -292,6 +309,9 @@ def run(o, log=None) -> dict:
         "final_train_accuracy": record["history"][-1]["train_accuracy"] if record["history"] else None,
         "seconds_train": record["seconds_train"], "seconds_eval": round(time.time() - t0, 2),
         "eval": details,
+        "curriculum": None if not o.curriculum else dict(
+            start=o.curriculum, advance_at=o.curriculum_at, final_length=record["final_length"],
+            full_length_from_step=record["full_length_from_step"]),
         "options": {k: v for k, v in vars(o).items()
                     if k not in ("json", "out") and isinstance(v, (str, int, float, bool, list, type(None)))},
         "model_config": cfg.to_dict(), "history": record["history"],
@@ -356,14 +376,26 @@ def results_table(results: list[dict]) -> str:
             out.append("|---" * (len(lengths) + 4) + "|")
             for r in rows:
                 acc = r["accuracy_by_length"]
-                out.append(f"| {run_label(r)} | {r['steps']} | {r['params']:,} | " + " | ".join(
+                out.append(f"| {run_label(r)} | {_steps_cell(r)} | {r['params']:,} | " + " | ".join(
                     (("**" + _pct(acc[str(n)]) + "**") if n == r["train_length"] else _pct(acc[str(n)]))
                     if str(n) in acc else "" for n in lengths)
                     + f" | {PAPER.get((task, r['model']), '')} |")
         out.append("")
     out.append("Accuracy (%) over the answer tokens; bold: the training length; oom: ran out of "
-               "memory at batch 1.")
+               "memory at batch 1. A curriculum run trained on shorter contexts first (doubling "
+               "the length each time its train accuracy reached the threshold).")
     return "\n".join(out)
+
+
+def _steps_cell(r: dict) -> str:
+    """Steps, and for a curriculum run the lengths it went through and when it reached the last."""
+    cur = r.get("curriculum")
+    if not cur:
+        return str(r["steps"])
+    reached = cur["full_length_from_step"]
+    return (f"{r['steps']} (curriculum {cur['start']} to {r['train_length']}, "
+            + (f"full length from step {reached})" if reached is not None
+               else f"stopped at {cur['final_length']})"))
 
 
 def _len_name(n: int) -> str:
@@ -466,6 +498,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="stop training after this many seconds (the cosine ends there too)")
     p.add_argument("--stop-at-accuracy", type=float, default=None,
                    help="stop training once the train accuracy over a log window reaches this")
+    p.add_argument("--curriculum", type=int, default=None, metavar="START",
+                   help="length curriculum: train from START tokens of context and double it "
+                        "each time a log window's train accuracy reaches --curriculum-at, up to "
+                        "--seq-len (tests stay at --seq-len and --eval-lengths)")
+    p.add_argument("--curriculum-at", type=float, default=0.9,
+                   help="train accuracy that advances the curriculum (default 0.9; 0 doubles the "
+                        "length at every log window)")
     p.add_argument("--log-every", type=int, default=None)
     p.add_argument("--json", action="store_true", help="last line of stdout: one JSON object")
 
@@ -505,6 +544,16 @@ def resolve_options(args) -> SimpleNamespace:
         _check_length(o, o.seq_len)
     except ValueError as exc:
         raise UserError(f"{o.task} at --seq-len {o.seq_len}: {exc}") from None
+    if o.curriculum is not None:
+        if not 0 < o.curriculum < o.seq_len:
+            raise UserError(f"--curriculum must be between 1 and --seq-len {o.seq_len} (exclusive), "
+                            f"got {o.curriculum}")
+        if not 0 <= o.curriculum_at <= 1:
+            raise UserError(f"--curriculum-at must be in [0, 1], got {o.curriculum_at}")
+        try:
+            _check_length(o, o.curriculum)
+        except ValueError as exc:
+            raise UserError(f"{o.task} at --curriculum {o.curriculum}: {exc}") from None
     return o
 
 

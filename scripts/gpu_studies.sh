@@ -13,7 +13,8 @@
 # re-copies the working tree at every command and deletes untracked files it does not know,
 # which lost a live docs/results twice); unpack the tarball into docs/results to commit them.
 # Jobs (JOBS, default all): compare-gcide (then robustness over its seed-1 checkpoints),
-#     compare-dna (then robustness), noise-text, noise-dna, synth-sc, synth-ih, synth-mqar.
+#     compare-dna (then robustness), noise-text, noise-dna, synth-sc, synth-sc-cur (selective
+#     copying with a length curriculum), synth-ih, synth-mqar.
 # Sizes (env, defaults chosen so the whole set ends in ~20 minutes of one H200):
 #     TEXT_BYTES (4,000,000) / DNA_BYTES (2,000,000) training bytes per compare run;
 #     NOISE_BYTES (120,000) real bytes per noise run, NOISE_SEQ_LEN (256), NOISE_BATCH (8)
@@ -23,14 +24,14 @@
 #     EXTRA goes to compare only; ROBUST_EXTRA / NOISE_EXTRA to the robustness and noise runs;
 #     MQAR_STAGES ("mqar-256 mqar-512"); GCIDE (.carry/gcide.txt.gz, else ../shared/...).
 # The synthetic runs stop at time budgets, so sharing the GPU leaves them fewer steps: for the
-# issue-9 table run them alone, e.g. JOBS="synth-sc synth-ih synth-mqar" TIME_SCALE=3.
+# issue-9 table run them alone, e.g. JOBS="synth-sc synth-sc-cur synth-ih synth-mqar" TIME_SCALE=2.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 WORK=${WORK:-/tmp/bytelm-studies}
 LOGS=${LOGS:-$WORK/logs}
 RESULTS=${RESULTS:-$WORK/results}
-JOBS=${JOBS:-compare-gcide compare-dna noise-text noise-dna synth-sc synth-ih synth-mqar}
+JOBS=${JOBS:-compare-gcide compare-dna noise-text noise-dna synth-sc synth-sc-cur synth-ih synth-mqar}
 GCIDE=${GCIDE:-}
 if [ -z "$GCIDE" ]; then
   GCIDE=.carry/gcide.txt.gz
@@ -59,6 +60,7 @@ job_command() {  # the shell command of one job; each job has its own cache and 
            "SEQ_LEN=${NOISE_SEQ_LEN:-256} BATCH=${NOISE_BATCH:-8} DEVICE=$DEVICE RUNS=$WORK/noise-runs EXTRA='${NOISE_EXTRA:-}'" \
            "RESULTS=$RESULTS/noise_padding bash scripts/noise_padding.sh" ;;
     synth-sc) echo "OUT=$RESULTS/synthetic TIME_SCALE=${TIME_SCALE:-1} DEVICE=$DEVICE bash scripts/synthetic.sh sc" ;;
+    synth-sc-cur) echo "OUT=$RESULTS/synthetic TIME_SCALE=${TIME_SCALE:-1} DEVICE=$DEVICE bash scripts/synthetic.sh sc-curriculum" ;;
     synth-ih) echo "OUT=$RESULTS/synthetic TIME_SCALE=${TIME_SCALE:-1} DEVICE=$DEVICE bash scripts/synthetic.sh ih" ;;
     synth-mqar) echo "OUT=$RESULTS/synthetic TIME_SCALE=${TIME_SCALE:-1} DEVICE=$DEVICE bash scripts/synthetic.sh ${MQAR_STAGES:-mqar-256 mqar-512}" ;;
     *) echo "gpu_studies.sh: unknown job '$name'" >&2; return 2 ;;

@@ -147,3 +147,26 @@ def test_rms_norm_odd_width_three_groups():
     y = rms_norm(x, w, 1e-5, None, z, True, 20)
     yr = rms_norm_ref(ins64[0], ins64[1], 1e-5, None, ins64[2], True, 20)
     check([y], [yr], [x, w, z], ins64, 1e-5)
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize("channel_last", [True, False])
+def test_causal_conv1d_backward_versions_over_many_programs(version, channel_last, monkeypatch):
+    """Both backward kernels (BYTELM_CONV_BWD) on a length that spans several programs and tiles
+    along L, with initial_state and packed documents: every gradient against float64."""
+    from bytelm.kernels.causal_conv1d import triton_bwd
+    monkeypatch.setenv("BYTELM_CONV_BWD", version)
+    if not CUDA:  # several programs along L, each over several tiles, at an interpreter size
+        monkeypatch.setattr(triton_bwd, "BWD4_TILES_PER_PROGRAM", 2)
+    torch.manual_seed(5)
+    batch, seqlen, dim = 2, 4500 if CUDA else 300, DIM if CUDA else 24
+    x = torch.randn(batch, seqlen, dim, device=DEV).transpose(1, 2) if channel_last \
+        else torch.randn(batch, dim, seqlen, device=DEV)
+    w, b = torch.randn(dim, 4, device=DEV) * 0.5, torch.randn(dim, device=DEV)
+    init = torch.randn(batch, dim, 3, device=DEV)
+    seq_idx = packed(batch, seqlen, ndocs=9)
+    ins = [leaf(t) for t in (x, w, b, init)]
+    ins64 = [dbl(t) for t in ins]
+    y = causal_conv1d(ins[0], ins[1], ins[2], "silu", seq_idx, ins[3])
+    yr = causal_conv1d_ref(ins64[0], ins64[1], ins64[2], "silu", seq_idx, ins64[3])
+    check([y], [yr], ins, ins64, 1e-5)

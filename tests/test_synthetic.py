@@ -286,3 +286,39 @@ def test_time_budget_stops_training_and_logs_the_last_steps():
     assert result["stopped"] == "time" and 0 < result["steps"] < 1_000_000
     assert result["history"][-1]["step"] == result["steps"]
     assert result["seconds_train"] < 30
+
+
+def test_curriculum_doubles_the_length_and_stops_only_at_full_length(monkeypatch):
+    seen = []
+    make_batch = T.make_batch
+
+    def recording(task, batch, length, gen, **kw):
+        seen.append(length)
+        return make_batch(task, batch, length, gen, **kw)
+    monkeypatch.setattr(T, "make_batch", recording)
+    # --curriculum-at 0: the length doubles at every log window (16 -> 32 -> 64); the accuracy
+    # stop (any accuracy >= 0 would do) must wait until the full length has been trained on
+    o = options(["selective-copy", "--model", "transformer", "--seq-len", "64", "--num-tokens", "2",
+                 "--curriculum", "16", "--curriculum-at", "0", "--steps", "20", "--log-every", "2",
+                 "--stop-at-accuracy", "1e-9", "--batch-size", "4", "--device", "cpu",
+                 "--eval-examples", "4"])
+    seen.clear()                                                   # (options() checks both lengths)
+    o.stop_at_accuracy = 0.0  # not reachable through the CLI; stops at the first full-length window
+    result = S.run(o)
+    train_lengths = seen[:result["steps"]]
+    assert train_lengths == [16, 16, 32, 32, 64, 64], train_lengths
+    assert result["stopped"] == "accuracy" and result["steps"] == 6
+    assert [h["length"] for h in result["history"]] == [16, 32, 64]
+    assert result["curriculum"] == dict(start=16, advance_at=0.0, final_length=64, full_length_from_step=4)
+    assert all(n == 64 for n in seen[result["steps"]:])            # the test set is at --seq-len
+    assert "curriculum 16 to 64, full length from step 4" in S.results_table([result])
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--curriculum", "64"], "--curriculum must be between 1 and --seq-len 64"),
+    (["--curriculum", "1"], "selective-copy at --curriculum 1"),   # fewer positions than data tokens
+    (["--curriculum", "16", "--curriculum-at", "1.5"], "--curriculum-at must be in [0, 1]"),
+])
+def test_curriculum_bad_input(argv, message):
+    with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        options(["selective-copy", "--seq-len", "64", "--num-tokens", "2", "--device", "cpu", *argv])

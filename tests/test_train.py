@@ -22,6 +22,16 @@ def cache(tmp_path_factory):
     return str(tmp_path_factory.mktemp("cache"))
 
 
+@pytest.fixture(scope="module")
+def small_text(tmp_path_factory):
+    """The first 60 KB of the embedded Tiny Shakespeare (val split: 3,000 bytes), for tests
+    about the trainer's mechanics, where evaluating the full 56 KB val split is only cost."""
+    text = Path(__file__).parents[1] / "bytelm" / "data" / "assets" / "tinyshakespeare.txt"
+    path = tmp_path_factory.mktemp("small") / "small.txt"
+    path.write_bytes(text.read_bytes()[:60_000])
+    return str(path)
+
+
 def run_cli(*args, cache=None, timeout=300):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     if cache:
@@ -49,8 +59,9 @@ def assert_clean_failure(result, pattern):
 @pytest.fixture(scope="module")
 def dna_run(tmp_path_factory, cache):
     out = tmp_path_factory.mktemp("run") / "dna"
+    # one evaluation (at the end): each one scores the whole 232 KB val split on the CPU
     r = run_cli("train", "--data", "dna", "--steps", "8", "--out", str(out), "--json", *FAST,
-                cache=cache)
+                "--eval-every", "8", cache=cache)
     assert r.returncode == 0, r.stderr
     return out, last_json(r.stdout)
 
@@ -93,8 +104,8 @@ def test_generate_dna_prints_only_bases(dna_run):
     assert again.stdout == r.stdout                                   # seeded
 
 
-def test_resume_after_sigint_is_bitwise_identical(tmp_path, cache):
-    args = ["train", "--data", "text", "--steps", "40", "--seq-len", "64", "--batch-size", "4",
+def test_resume_after_sigint_is_bitwise_identical(tmp_path, cache, small_text):
+    args = ["train", "--data", small_text, "--steps", "40", "--seq-len", "64", "--batch-size", "4",
             "--eval-every", "10", "--save-every", "1000", "--device", "cpu", "--seed", "7"]
     full = tmp_path / "full"
     r = run_cli(*args, "--out", str(full), cache=cache)
@@ -207,10 +218,10 @@ def test_out_of_memory_gives_advice(tmp_path, monkeypatch, cache):
         trainer.train(cfg, quiet=True)
 
 
-def test_nan_loss_skips_then_stops_with_checkpoint_intact(tmp_path, monkeypatch, cache):
+def test_nan_loss_skips_then_stops_with_checkpoint_intact(tmp_path, monkeypatch, cache, small_text):
     from bytelm.train import trainer
     out = tmp_path / "o"
-    cfg = TrainConfig(data="dna", steps=4, seq_len=32, batch_size=2, device="cpu", out=str(out),
+    cfg = TrainConfig(data=small_text, steps=4, seq_len=32, batch_size=2, device="cpu", out=str(out),
                       cache_dir=cache, eval_every=2, save_every=2)
     trainer.train(cfg, quiet=True)
     pointer = (out / "checkpoint.json").read_text()
