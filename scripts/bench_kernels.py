@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import signal
 import time
 
@@ -213,6 +214,29 @@ def selective_scan_sweep() -> None:
         print(f"  {c}: " + "  ".join(f"{m:.3f}" for m in ms) + f"  agree {agree:.1e}", flush=True)
     triton_fwd.FWD_CFG.clear()
     triton_fwd.FWD_CFG.update(fwd0)
+    # version 3 (sequential in time, BYTELM_SCAN_FWD=seq): channels per program x warps x
+    # programs per SM; "agree" compares y with the default forward's
+    seq0 = dict(triton_fwd.SEQ_CFG)
+    os.environ["BYTELM_SCAN_FWD"] = "seq"
+    print("\nsweep: forward version 3 (sequential), ms at " + " / ".join(f"{b}x{L}" for b, L in SHAPES))
+    for c in [dict(BLOCK_D=32, num_warps=1, programs_per_sm=4),
+              dict(BLOCK_D=32, num_warps=1, programs_per_sm=8),
+              dict(BLOCK_D=64, num_warps=2, programs_per_sm=4),
+              dict(BLOCK_D=128, num_warps=4, programs_per_sm=2),
+              dict(BLOCK_D=16, num_warps=1, programs_per_sm=8)]:
+        triton_fwd.SEQ_CFG.update(c)
+        try:
+            ms = []
+            for batch, L in SHAPES:
+                inputs = scan_inputs(batch, L)
+                ms.append(bench_ms(lambda: selective_scan(**inputs, delta_softplus=True)))
+            agree = _max_rel(_scan_outputs(check)[:1], ref[:1])
+            print(f"  {c}: " + "  ".join(f"{m:.3f}" for m in ms) + f"  agree {agree:.1e}", flush=True)
+        except Exception as err:  # noqa: BLE001 - a config that fails to compile is reported
+            print(f"  {c}: failed ({type(err).__name__}: {err})"[:300], flush=True)
+    os.environ.pop("BYTELM_SCAN_FWD")
+    triton_fwd.SEQ_CFG.clear()
+    triton_fwd.SEQ_CFG.update(seq0)
     print("\nsweep: backward configs, fwd+bwd ms")
     for c in [dict(BLOCK_D=4, BLOCK_L=128, num_warps=4, LEAN=True),
               dict(BLOCK_D=4, BLOCK_L=256, num_warps=4, LEAN=True),

@@ -195,3 +195,42 @@ def test_public_function_dispatches_to_triton(monkeypatch):
     y = public_scan(**inputs, delta_softplus=True)
     assert calls, "the public selective_scan did not run the Triton forward kernel"
     assert rel_err(y, selective_scan_ref(**inputs, delta_softplus=True)) < 1e-5
+
+
+SEQ_FWD_CASES = [
+    (L, groups, chunk, opts)
+    for L in LENGTHS
+    for groups, chunk, opts in [(1, None, {}), (2, 16 if not CUDA else 256, dict(seq=True))]
+] + [
+    (LENGTHS[-1], 1, 24 if not CUDA else 160, dict(z=False, D=False, bias=False, h0=False)),
+    (LENGTHS[-1], 2, 8 if not CUDA else 512, dict(seq=True, h0=False)),
+]
+
+
+@pytest.mark.parametrize("L,groups,chunk,opts", SEQ_FWD_CASES)
+def test_sequential_forward_variant_matches_reference(monkeypatch, L, groups, chunk, opts):
+    """Version 3 of the forward (BYTELM_SCAN_FWD=seq, opt-in until timed on a GPU): y and the
+    final state against float64, with chunking (its LOCAL pass + carry), documents, groups."""
+    monkeypatch.setenv("BYTELM_SCAN_FWD", "seq")
+    opts = dict(opts)
+    seq = opts.pop("seq", False)
+    inputs = make_inputs(2, DIM, NSTATE, L, groups, torch.float32, **opts)
+    seq_idx = packed_seq_idx(2, L) if seq else None
+    with torch.no_grad():
+        y, final = selective_scan(**inputs, delta_softplus=True, seq_idx=seq_idx,
+                                  return_final_state=True, chunk_size=chunk)
+        y_ref, final_ref = selective_scan_ref(**{k: v.double() if v is not None else None
+                                                 for k, v in inputs.items()},
+                                              delta_softplus=True, seq_idx=seq_idx,
+                                              return_final_state=True)
+    assert rel_err(y, y_ref) <= 1e-5 and rel_err(final, final_ref) <= 1e-5, \
+        (rel_err(y, y_ref), rel_err(final, final_ref))
+
+
+def test_sequential_forward_variant_bf16_and_gradients(monkeypatch):
+    monkeypatch.setenv("BYTELM_SCAN_FWD", "seq")
+    L = LENGTHS[-1]
+    check_scan(make_inputs(2, DIM, NSTATE, L, 2, torch.bfloat16), torch.bfloat16,
+               chunk_size=None if CUDA else 16)
+    check_scan(make_inputs(2, DIM, NSTATE, L, 1, torch.float32), torch.float32,
+               seq_idx=packed_seq_idx(2, L), chunk_size=None if CUDA else 24)

@@ -279,6 +279,146 @@ def _fwd_kernel(
 
 
 @triton.jit
+def _cols8(x):
+    """The 8 columns of an (R, 8) register tile, in order, by reshape + split (in-thread moves
+    when a thread holds a row's 8 steps, as the row-contiguous loads lay them out)."""
+    R: tl.constexpr = x.shape[0]
+    a, b = tl.split(tl.reshape(x, [R, 4, 2]))          # columns 0 2 4 6 | 1 3 5 7
+    a0, a1 = tl.split(tl.reshape(a, [R, 2, 2]))        # 0 4 | 2 6
+    b0, b1 = tl.split(tl.reshape(b, [R, 2, 2]))        # 1 5 | 3 7
+    c0, c4 = tl.split(a0)
+    c2, c6 = tl.split(a1)
+    c1, c5 = tl.split(b0)
+    c3, c7 = tl.split(b1)
+    return c0, c1, c2, c3, c4, c5, c6, c7
+
+
+@triton.jit
+def _join8(c0, c1, c2, c3, c4, c5, c6, c7):
+    """Inverse of _cols8: eight (R,) columns back into an (R, 8) tile."""
+    R: tl.constexpr = c0.shape[0]
+    a = tl.reshape(tl.join(tl.reshape(tl.join(c0, c4), [R, 2]), tl.reshape(tl.join(c2, c6), [R, 2])), [R, 4])
+    b = tl.reshape(tl.join(tl.reshape(tl.join(c1, c5), [R, 2]), tl.reshape(tl.join(c3, c7), [R, 2])), [R, 4])
+    return tl.reshape(tl.join(a, b), [R, 8])
+
+
+@triton.jit
+def _seq_step(b_h, b_A2, dt, du, keep, b_B, b_C, HAS_SEQ: tl.constexpr):
+    """One time step of every (channel, state) pair in registers: h = a h + Δ u B, y = C·h."""
+    b_a = tl.exp2(dt[:, None] * b_A2)
+    if HAS_SEQ:
+        b_a = b_a * keep[:, None]
+    b_h = b_a * b_h + du[:, None] * b_B[None, :]
+    return b_h, tl.sum(b_h * b_C[None, :], 1)
+
+
+@triton.jit
+def _fwd_seq_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, seq_ptr,
+    h0_ptr, y_ptr, final_ptr, hloc_ptr, hdec_ptr,
+    dim, L, T, dpg,
+    s_ub, s_ud, s_db, s_dd, s_zb, s_zd, s_Bb, s_Bg, s_Bn, s_Cb, s_Cg, s_Cn,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_SEQ: tl.constexpr, HAS_H0: tl.constexpr, HAS_FINAL: tl.constexpr, LOCAL: tl.constexpr,
+    N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Version 3 forward (sequential in time; opt-in, BYTELM_SCAN_FWD=seq): one program per
+    (channel block, chunk, batch row); the (BLOCK_D, N) state lives in registers and the chunk is
+    walked 8 steps at a time: u, Δ, z as (BLOCK_D, 8) tiles (one 16-byte load per row in bf16),
+    B and C as (N, 8) tiles, split into columns in registers, then 8 unrolled steps of
+    exp2 + 2 FMA + the C reduction per (channel, state). No scan, no shuffles along time.
+    LOCAL: the chunk pass of the chunked forward instead: start from zero, write the chunk's end
+    state (hloc) and total decay Π a_t (hdec, 0 after a document start), no y."""
+    i_d, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    nc = tl.num_programs(1)
+    i_b64 = i_b.to(tl.int64)
+    o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    m_d = o_d < dim
+    o_n = tl.arange(0, BLOCK_N)
+    m_n = o_n < N
+    i_g = (i_d * BLOCK_D) // dpg
+    m_dn = m_d[:, None] & m_n[None, :]
+    o_dn = o_d[:, None] * N + o_n[None, :]
+    b_A2 = tl.load(A_ptr + o_dn, mask=m_dn, other=0.0).to(tl.float32) * LOG2E
+    if HAS_BIAS:
+        b_bias = tl.load(bias_ptr + o_d, mask=m_d, other=0.0).to(tl.float32)
+    else:
+        b_bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_D:
+        b_D = tl.load(D_ptr + o_d, mask=m_d, other=0.0).to(tl.float32)
+    if HAS_H0 and not LOCAL:
+        b_h = tl.load(h0_ptr + (i_b64 * nc + i_c) * dim * N + o_dn, mask=m_dn, other=0.0).to(tl.float32)
+    else:
+        b_h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    b_dsum = tl.zeros([BLOCK_D], dtype=tl.float32)      # LOCAL: Σ Δ over the chunk
+    b_alive = tl.zeros([BLOCK_D], dtype=tl.float32) + 1.0  # LOCAL: 0 once a document starts
+    t_lo = i_c * T
+    t_hi = tl.minimum(t_lo + T, L)
+    o_dl = o_d[:, None].to(tl.int64)
+    p_u = u_ptr + i_b64 * s_ub + o_dl * s_ud
+    p_delta = delta_ptr + i_b64 * s_db + o_dl * s_dd
+    p_z = z_ptr + i_b64 * s_zb + o_dl * s_zd
+    p_y = y_ptr + i_b64 * dim * L + o_dl * L
+    p_B = B_ptr + i_b64 * s_Bb + i_g * s_Bg + o_n[:, None] * s_Bn
+    p_C = C_ptr + i_b64 * s_Cb + i_g * s_Cg + o_n[:, None] * s_Cn
+    for t0 in range(t_lo, t_hi, 8):
+        o_t = t0 + tl.arange(0, 8)
+        m_t = o_t < t_hi
+        m_dt = m_d[:, None] & m_t[None, :]
+        m_nt = m_n[:, None] & m_t[None, :]
+        b_dt, _ = _delta_tile(p_delta + o_t[None, :], m_dt, b_bias, SOFTPLUS)
+        b_u = tl.load(p_u + o_t[None, :], mask=m_dt, other=0.0).to(tl.float32)
+        b_Bt = tl.load(p_B + o_t[None, :], mask=m_nt, other=0.0).to(tl.float32)
+        if HAS_SEQ:
+            reset = _reset_tile(seq_ptr + i_b64 * L, o_t, m_t, HAS_SEQ)
+            b_keep = tl.where(reset[None, :], 0.0, 1.0) + tl.zeros([BLOCK_D, 8], dtype=tl.float32)
+        else:
+            b_keep = tl.zeros([BLOCK_D, 8], dtype=tl.float32) + 1.0
+        if LOCAL:
+            b_dsum += tl.sum(b_dt, 1)
+            b_alive *= tl.min(b_keep, 1)
+        dt0, dt1, dt2, dt3, dt4, dt5, dt6, dt7 = _cols8(b_dt)
+        du0, du1, du2, du3, du4, du5, du6, du7 = _cols8(b_dt * b_u)
+        k0, k1, k2, k3, k4, k5, k6, k7 = _cols8(b_keep)
+        B0, B1, B2, B3, B4, B5, B6, B7 = _cols8(b_Bt)
+        if LOCAL:  # C unused: the state alone
+            b_h, _ = _seq_step(b_h, b_A2, dt0, du0, k0, B0, B0, HAS_SEQ)
+            b_h, _ = _seq_step(b_h, b_A2, dt1, du1, k1, B1, B1, HAS_SEQ)
+            b_h, _ = _seq_step(b_h, b_A2, dt2, du2, k2, B2, B2, HAS_SEQ)
+            b_h, _ = _seq_step(b_h, b_A2, dt3, du3, k3, B3, B3, HAS_SEQ)
+            b_h, _ = _seq_step(b_h, b_A2, dt4, du4, k4, B4, B4, HAS_SEQ)
+            b_h, _ = _seq_step(b_h, b_A2, dt5, du5, k5, B5, B5, HAS_SEQ)
+            b_h, _ = _seq_step(b_h, b_A2, dt6, du6, k6, B6, B6, HAS_SEQ)
+            b_h, _ = _seq_step(b_h, b_A2, dt7, du7, k7, B7, B7, HAS_SEQ)
+        else:
+            b_Ct = tl.load(p_C + o_t[None, :], mask=m_nt, other=0.0).to(tl.float32)
+            C0, C1, C2, C3, C4, C5, C6, C7 = _cols8(b_Ct)
+            b_h, y0 = _seq_step(b_h, b_A2, dt0, du0, k0, B0, C0, HAS_SEQ)
+            b_h, y1 = _seq_step(b_h, b_A2, dt1, du1, k1, B1, C1, HAS_SEQ)
+            b_h, y2 = _seq_step(b_h, b_A2, dt2, du2, k2, B2, C2, HAS_SEQ)
+            b_h, y3 = _seq_step(b_h, b_A2, dt3, du3, k3, B3, C3, HAS_SEQ)
+            b_h, y4 = _seq_step(b_h, b_A2, dt4, du4, k4, B4, C4, HAS_SEQ)
+            b_h, y5 = _seq_step(b_h, b_A2, dt5, du5, k5, B5, C5, HAS_SEQ)
+            b_h, y6 = _seq_step(b_h, b_A2, dt6, du6, k6, B6, C6, HAS_SEQ)
+            b_h, y7 = _seq_step(b_h, b_A2, dt7, du7, k7, B7, C7, HAS_SEQ)
+            b_y = _join8(y0, y1, y2, y3, y4, y5, y6, y7)
+            if HAS_D:
+                b_y += b_D[:, None] * b_u
+            if HAS_Z:
+                b_z = tl.load(p_z + o_t[None, :], mask=m_dt, other=0.0).to(tl.float32)
+                b_y *= b_z * tl.sigmoid(b_z)
+            tl.store(p_y + o_t[None, :], b_y.to(y_ptr.dtype.element_ty), mask=m_dt)
+    if LOCAL:
+        o_out = (i_b64 * nc + i_c) * dim * N + o_dn
+        tl.store(hloc_ptr + o_out, b_h, mask=m_dn)
+        tl.store(hdec_ptr + o_out, b_alive[:, None] * tl.exp2(b_dsum[:, None] * b_A2), mask=m_dn)
+    else:
+        if HAS_FINAL:
+            if i_c == nc - 1:
+                tl.store(final_ptr + i_b64 * dim * N + o_dn, b_h, mask=m_dn)
+
+
+@triton.jit
 def _state_update_kernel(
     state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr,
     dim, dpg, N, s_sb, s_sd, s_xb, s_tb, s_zb, s_Bb, s_Bg, s_Cb, s_Cg,
@@ -406,7 +546,11 @@ def chunk_states(u, delta, A, B, C, z, dout, delta_bias, softplus, seq_idx, T, n
 def scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, seq_idx, chunk_size,
              want_final):
     """y (batch, dim, L) in u's dtype, and final_state (batch, dim, N) fp32 or None.
-    Inputs already normalized by triton_op.py (B, C 4-D, unit stride along L, fp32 A/D/bias)."""
+    Inputs already normalized by triton_op.py (B, C 4-D, unit stride along L, fp32 A/D/bias).
+    BYTELM_SCAN_FWD=seq runs the sequential-in-time version 3 (`scan_fwd_seq`)."""
+    if os.environ.get("BYTELM_SCAN_FWD", "") == "seq":
+        return scan_fwd_seq(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, seq_idx,
+                            chunk_size, want_final)
     c = cfg(FWD_CFG, FWD_CFG_INTERP)
     batch, dim, L = u.shape
     G, N = B.shape[1], B.shape[2]
@@ -435,6 +579,53 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, seq_i
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=softplus, HAS_SEQ=seq_idx is not None, HAS_H0=h0 is not None,
         HAS_FINAL=final is not None, N=N, BLOCK_D=BD, BLOCK_N=BN, BLOCK_L=BL, num_warps=c["num_warps"])
+    return y, final
+
+
+# Version 3: channels per program and warps; the chunk length is a multiple of 8 steps.
+SEQ_CFG = dict(BLOCK_D=32, num_warps=1, programs_per_sm=4)
+SEQ_CFG_INTERP = dict(BLOCK_D=8, num_warps=1, programs_per_sm=1)
+
+
+def scan_fwd_seq(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, seq_idx,
+                 chunk_size, want_final):
+    """scan_fwd with `_fwd_seq_kernel`: when batch x dim / BLOCK_D programs are too few, the
+    same kernel in LOCAL mode gives each chunk's end state and decay, `_chunk_carry_kernel`
+    the chunk start states, then the kernel reruns each chunk writing y."""
+    c = cfg(SEQ_CFG, SEQ_CFG_INTERP)
+    batch, dim, L = u.shape
+    G, N = B.shape[1], B.shape[2]
+    dpg = dim // G
+    BD = block_d(c["BLOCK_D"], dim, dpg)
+    BN = triton.next_power_of_2(N)
+    nbd = triton.cdiv(dim, BD)
+    T = chunk_steps(L, 8, chunk_size, batch * nbd, c["programs_per_sm"] * sm_count(u))
+    nc = triton.cdiv(L, T)
+    f32 = dict(device=u.device, dtype=torch.float32)
+    y = new_empty(batch, dim, L, device=u.device, dtype=u.dtype)
+    final = new_empty(batch, dim, N, **f32) if want_final else None
+    common = (dim, L, T, dpg, u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
+              z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0,
+              *bc_strides(B), *bc_strides(C))
+    flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+                 SOFTPLUS=softplus, HAS_SEQ=seq_idx is not None, N=N, BLOCK_D=BD, BLOCK_N=BN,
+                 num_warps=c["num_warps"])
+    ins = (u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
+           delta_bias if delta_bias is not None else u, seq_idx if seq_idx is not None else u)
+    h0 = initial_state
+    if nc > 1:
+        hloc, hdec = new_empty(batch, nc, dim, N, **f32), new_empty(batch, nc, dim, N, **f32)
+        _fwd_seq_kernel[(nbd, nc, batch)](*ins, u, u, u, hloc, hdec, *common, HAS_H0=False,
+                                          HAS_FINAL=False, LOCAL=True, **flags)
+        BDc = min(32, triton.next_power_of_2(dim))
+        _chunk_carry_kernel[(triton.cdiv(dim, BDc), batch)](
+            hloc, hdec, initial_state if initial_state is not None else hloc, dim, N, nc,
+            HAS_INIT=initial_state is not None, REVERSE=False, BLOCK_D=BDc, BLOCK_N=BN)
+        h0 = hloc
+    _fwd_seq_kernel[(nbd, nc, batch)](*ins, h0 if h0 is not None else u, y,
+                                      final if final is not None else u, u, u, *common,
+                                      HAS_H0=h0 is not None, HAS_FINAL=final is not None,
+                                      LOCAL=False, **flags)
     return y, final
 
 
