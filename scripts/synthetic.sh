@@ -89,11 +89,14 @@ stage_sc() {
 
 SC_LENGTHS="2^8,2^10,2^12,2^14"
 stage_sc_curriculum() {
-  # Trained at 4096 from the start, the loss sits at ln 15 for thousands of steps (2,681 steps
-  # at 8.3% in a shared-GPU run; 64-token contexts on the CPU leave the plateau after ~250).
-  # The curriculum trains on 256-token contexts first and doubles the context each time a log
-  # window's train accuracy reaches 90%, so the 4096-token phase starts from a model that
-  # already copies; tested at 4096 and beyond (a selective model ignores any amount of noise).
+  # Trained at 4096 from the start, the loss sits at ln 15 = 2.708 for thousands of steps
+  # (2,681 steps at 8.3% in a shared-GPU run). The curriculum trains on 256-token contexts first
+  # and doubles the context each time a log window's train accuracy reaches 90%, so the
+  # 4096-token phase starts from a model that already copies; tested at 4096 and beyond.
+  # CPU trials (2026-12-01, 4 data tokens, 1,200 s each): 16 -> 256 reached 99.2% at 256 in 868
+  # steps (95.1% at 64, 63.7% at 1024); 16 data tokens from a 32-token start (half the
+  # positions data) never left 32 (40.7% after 1,789 steps), hence the sparser 256 start here,
+  # which is not yet tried.
   run sc-mamba-curriculum 300 400000 1e-3 1e-4 selective-copy --model mamba --batch-size 64 \
     --curriculum 256 --curriculum-at 0.9 --stop-at-accuracy 0.999 --eval-examples 512 \
     --eval-lengths "$SC_LENGTHS"
