@@ -395,7 +395,7 @@ def _steps_cell(r: dict) -> str:
     reached = cur["full_length_from_step"]
     return (f"{r['steps']} (curriculum {cur['start']} to {r['train_length']}, "
             + (f"full length from step {reached})" if reached is not None
-               else f"stopped at {cur['final_length']})"))
+               else f"never past length {cur['final_length']})"))
 
 
 def _len_name(n: int) -> str:
