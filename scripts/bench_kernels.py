@@ -193,38 +193,15 @@ def _max_rel(outs, refs) -> float:
     return max(((a - b).norm() / b.norm().clamp_min(1e-30)).item() for a, b in zip(outs, refs))
 
 
-def selective_scan_sweep() -> None:
-    """Tile-shape variants of the forward and backward (printed, not in the main table). Each
-    variant's y and gradients at 8x2048 are compared with the default configs' ("agree"), which
-    gpu_check_selective_scan.py checks against the reference."""
-    from bytelm.kernels.selective_scan import triton_bwd, triton_fwd
+def _sweep_forward(title, cfg, configs, check, ref) -> None:
+    """Time the forward at SHAPES under each config (updates of the dict `cfg`, restored after);
+    "agree" compares y at 8x2048 with `ref`, the default configs' outputs."""
     from bytelm.kernels.selective_scan.triton_op import selective_scan
 
-    fwd0, bwd0 = dict(triton_fwd.FWD_CFG), dict(triton_bwd.BWD_CFG)
-    check = scan_inputs(8, 2048)
-    ref = _scan_outputs(check)
-    print("\nsweep: forward configs (ms at " + " / ".join(f"{b}x{L}" for b, L in SHAPES) + ")")
-    for c in []:  # forward variants measured so far: kernels/NOTES.md
-        triton_fwd.FWD_CFG.update(c)
-        ms = []
-        for batch, L in SHAPES:
-            inputs = scan_inputs(batch, L)
-            ms.append(bench_ms(lambda: selective_scan(**inputs, delta_softplus=True)))
-        agree = _max_rel(_scan_outputs(check)[:1], ref[:1])
-        print(f"  {c}: " + "  ".join(f"{m:.3f}" for m in ms) + f"  agree {agree:.1e}", flush=True)
-    triton_fwd.FWD_CFG.clear()
-    triton_fwd.FWD_CFG.update(fwd0)
-    # version 3 (sequential in time, BYTELM_SCAN_FWD=seq): channels per program x warps x
-    # programs per SM; "agree" compares y with the default forward's
-    seq0 = dict(triton_fwd.SEQ_CFG)
-    os.environ["BYTELM_SCAN_FWD"] = "seq"
-    print("\nsweep: forward version 3 (sequential), ms at " + " / ".join(f"{b}x{L}" for b, L in SHAPES))
-    for c in [dict(BLOCK_D=32, num_warps=1, programs_per_sm=4),
-              dict(BLOCK_D=32, num_warps=1, programs_per_sm=8),
-              dict(BLOCK_D=64, num_warps=2, programs_per_sm=4),
-              dict(BLOCK_D=128, num_warps=4, programs_per_sm=2),
-              dict(BLOCK_D=16, num_warps=1, programs_per_sm=8)]:
-        triton_fwd.SEQ_CFG.update(c)
+    saved = dict(cfg)
+    print(f"\nsweep: {title}, ms at " + " / ".join(f"{b}x{L}" for b, L in SHAPES))
+    for c in configs:
+        cfg.update(c)
         try:
             ms = []
             for batch, L in SHAPES:
@@ -234,9 +211,31 @@ def selective_scan_sweep() -> None:
             print(f"  {c}: " + "  ".join(f"{m:.3f}" for m in ms) + f"  agree {agree:.1e}", flush=True)
         except Exception as err:  # noqa: BLE001 - a config that fails to compile is reported
             print(f"  {c}: failed ({type(err).__name__}: {err})"[:300], flush=True)
+        finally:
+            cfg.clear()
+            cfg.update(saved)
+
+
+def selective_scan_sweep() -> None:
+    """Tile-shape variants of the forward and backward (printed, not in the main table). Each
+    variant's y and gradients at 8x2048 are compared with the default configs' ("agree"), which
+    gpu_check_selective_scan.py checks against the reference."""
+    from bytelm.kernels.selective_scan import triton_bwd, triton_fwd
+    from bytelm.kernels.selective_scan.triton_op import selective_scan
+
+    bwd0 = dict(triton_bwd.BWD_CFG)
+    check = scan_inputs(8, 2048)
+    ref = _scan_outputs(check)
+    # version 2's forward configs were swept already (kernels/NOTES.md); version 3 (sequential in
+    # time, BYTELM_SCAN_FWD=seq): channels per program x warps x programs per SM
+    os.environ["BYTELM_SCAN_FWD"] = "seq"
+    _sweep_forward("forward version 3 (sequential)", triton_fwd.SEQ_CFG, [
+        dict(BLOCK_D=32, num_warps=1, programs_per_sm=4),
+        dict(BLOCK_D=32, num_warps=1, programs_per_sm=8),
+        dict(BLOCK_D=64, num_warps=2, programs_per_sm=4),
+        dict(BLOCK_D=128, num_warps=4, programs_per_sm=2),
+        dict(BLOCK_D=16, num_warps=1, programs_per_sm=8)], check, ref)
     os.environ.pop("BYTELM_SCAN_FWD")
-    triton_fwd.SEQ_CFG.clear()
-    triton_fwd.SEQ_CFG.update(seq0)
     print("\nsweep: backward configs, fwd+bwd ms")
     for c in [dict(BLOCK_D=4, BLOCK_L=128, num_warps=4, LEAN=True),
               dict(BLOCK_D=4, BLOCK_L=256, num_warps=4, LEAN=True),

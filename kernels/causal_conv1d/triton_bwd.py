@@ -102,7 +102,7 @@ def _x_at(p_x0, p_i0, o_p, r, m_d, L, s_xl, s_il, HAS_INIT: tl.constexpr):
 
 
 @triton.jit
-def _dpre_at(DY, SEG, i_b, o_p, s, b_pre, b_segp, m_d, o_dy, L, s_gl,
+def _dpre_at(SEG, i_b, o_p, s, b_pre, b_segp, m_d, o_dy, L, s_gl,
              HAS_SEG: tl.constexpr, SILU: tl.constexpr):
     """dL/dpre at the outputs o_p + s, zeroed where that output is outside [0, L) or in another
     document than the input o_p (so it contributes nothing to dx[o_p] or dw)."""
@@ -190,10 +190,10 @@ def _conv_bwd4_kernel(
             pre1 = b_bias + w0 * x_m2 + w1 * x_m1 + w2 * x_0 + w3 * x_1
             pre2 = b_bias + w0 * x_m1 + w1 * x_0 + w2 * x_1 + w3 * x_2
             pre3 = b_bias + w0 * x_0 + w1 * x_1 + w2 * x_2 + w3 * x_3
-        d0 = _dpre_at(DY, SEG, i_b, o_p, 0, pre0, b_segp, m_d, o_dy, L, s_gl, HAS_SEG, SILU)
-        d1 = _dpre_at(DY, SEG, i_b, o_p, 1, pre1, b_segp, m_d, o_dy, L, s_gl, HAS_SEG, SILU)
-        d2 = _dpre_at(DY, SEG, i_b, o_p, 2, pre2, b_segp, m_d, o_dy, L, s_gl, HAS_SEG, SILU)
-        d3 = _dpre_at(DY, SEG, i_b, o_p, 3, pre3, b_segp, m_d, o_dy, L, s_gl, HAS_SEG, SILU)
+        d0 = _dpre_at(SEG, i_b, o_p, 0, pre0, b_segp, m_d, o_dy, L, s_gl, HAS_SEG, SILU)
+        d1 = _dpre_at(SEG, i_b, o_p, 1, pre1, b_segp, m_d, o_dy, L, s_gl, HAS_SEG, SILU)
+        d2 = _dpre_at(SEG, i_b, o_p, 2, pre2, b_segp, m_d, o_dy, L, s_gl, HAS_SEG, SILU)
+        d3 = _dpre_at(SEG, i_b, o_p, 3, pre3, b_segp, m_d, o_dy, L, s_gl, HAS_SEG, SILU)
         acc_w3 += tl.sum(d0 * x_0, axis=0)   # tap k = 3 - s
         acc_w2 += tl.sum(d1 * x_0, axis=0)
         acc_w1 += tl.sum(d2 * x_0, axis=0)
