@@ -151,9 +151,11 @@ def test_rms_norm_odd_width_three_groups():
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
 @pytest.mark.parametrize("channel_last", [True, False])
-def test_causal_conv1d_backward_versions_over_many_programs(version, channel_last, monkeypatch):
+@pytest.mark.parametrize("with_state", [True, False])
+def test_causal_conv1d_backward_versions_over_many_programs(version, channel_last, with_state,
+                                                            monkeypatch):
     """Both backward kernels (BYTELM_CONV_BWD) on a length that spans several programs and tiles
-    along L, with initial_state and packed documents: every gradient against float64."""
+    along L, with and without initial_state and packed documents: every gradient against float64."""
     from bytelm.kernels.causal_conv1d import triton_bwd
     monkeypatch.setenv("BYTELM_CONV_BWD", version)
     if not CUDA:  # several programs along L, each over several tiles, at an interpreter size
@@ -163,10 +165,11 @@ def test_causal_conv1d_backward_versions_over_many_programs(version, channel_las
     x = torch.randn(batch, seqlen, dim, device=DEV).transpose(1, 2) if channel_last \
         else torch.randn(batch, dim, seqlen, device=DEV)
     w, b = torch.randn(dim, 4, device=DEV) * 0.5, torch.randn(dim, device=DEV)
-    init = torch.randn(batch, dim, 3, device=DEV)
-    seq_idx = packed(batch, seqlen, ndocs=9)
-    ins = [leaf(t) for t in (x, w, b, init)]
+    init = torch.randn(batch, dim, 3, device=DEV) if with_state else None
+    seq_idx = packed(batch, seqlen, ndocs=9) if with_state else None
+    ins = [leaf(t) for t in (x, w, b, init) if t is not None]
     ins64 = [dbl(t) for t in ins]
-    y = causal_conv1d(ins[0], ins[1], ins[2], "silu", seq_idx, ins[3])
-    yr = causal_conv1d_ref(ins64[0], ins64[1], ins64[2], "silu", seq_idx, ins64[3])
+    state = (lambda t: t[3] if with_state else None)  # noqa: E731
+    y = causal_conv1d(ins[0], ins[1], ins[2], "silu", seq_idx, state(ins))
+    yr = causal_conv1d_ref(ins64[0], ins64[1], ins64[2], "silu", seq_idx, state(ins64))
     check([y], [yr], ins, ins64, 1e-5)

@@ -12,7 +12,8 @@ pre-activations it needs from W shifted loads of x: W² + 1 tile loads of x and 
 `_conv_bwd4_kernel` (version 2, width 4, what every model uses) loads the 2W-1 = 7 shifted x
 tiles once and forms the four pre-activations from registers, with the tile addresses computed
 once and moved by a scalar offset per shift: 7 + 4 tile loads instead of 21, and no W² address
-and mask arithmetic. BYTELM_CONV_BWD=v1 forces version 1 (for benchmarking the two).
+and mask arithmetic. Version 2 is opt-in (BYTELM_CONV_BWD=v2) until it has been checked against
+the reference on a GPU (Triton 3.6 miscompiles some kernels on Hopper); version 1 is the default.
 """
 
 from __future__ import annotations
@@ -219,7 +220,7 @@ def conv_bwd(x, weight, bias, initial_state, seg, silu, dy):
     """Returns dx (x's layout), dweight (dim, W), dbias or None, dinitial_state or None."""
     batch, dim, seqlen = x.shape
     width = weight.shape[1]
-    v2 = width == 4 and os.environ.get("BYTELM_CONV_BWD", "v2") != "v1"
+    v2 = width == 4 and os.environ.get("BYTELM_CONV_BWD", "v1") == "v2"
     # version 2 holds 7 shifted x tiles and 4 pre-activations at once: 16 fp32 values per
     # thread and tile (BWD4_TILE), not the forward's 32 (tile_for)
     bl, bd, nw = (BWD4_TILE[x.stride(1) == 1] if v2 else tile_for(x))
