@@ -1,8 +1,8 @@
 """Triton Mamba-2 SSD forward and decode step against the PyTorch reference (float64).
 
 CPU: TRITON_INTERPRET=1 at tiny shapes (chunk 16); GPU: the same tests at real shapes (chunk 256).
-The Triton backward is opt-in (BYTELM_SSD_BWD=triton) until checked on a GPU: by default, with
-autograd recording, the public op runs the reference (test_ssd_training_path_matches_reference).
+With autograd recording the public op runs the Triton forward + backward by default;
+BYTELM_SSD_BWD=ref selects the reference (test_ssd_backward_switch).
 """
 
 import os
@@ -47,9 +47,9 @@ def rel_err(out, ref):
     return ((out.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30)).item()
 
 
-def inputs(batch, seqlen, groups, dtype, with_state, with_z, d_per_p, seed):
+def inputs(batch, seqlen, groups, dtype, with_state, with_z, d_per_p, seed, shape=SHAPE):
     g = torch.Generator().manual_seed(seed)
-    H, P, N = SHAPE["heads"], SHAPE["headdim"], SHAPE["dstate"]
+    H, P, N = shape["heads"], shape["headdim"], shape["dstate"]
 
     def rnd(*s, scale=1.0):
         return (torch.randn(*s, generator=g) * scale).to(DEV)
@@ -108,7 +108,8 @@ def test_ssd_forward_is_triton_and_packing_isolates_documents():
     assert H > 0 and rel_err(packed, torch.cat([first, second], 1)) < 1e-5
 
 
-def test_ssd_training_path_matches_reference():
+def test_ssd_reference_training_path_matches_triton_forward(monkeypatch):
+    monkeypatch.setenv("BYTELM_SSD_BWD", "ref")
     x, dt, A, B, C, D, z, dt_bias, init, seq_idx = inputs(2, 37, 2, torch.float32, True, True, False, 3)
     leaves = [t.clone().requires_grad_() for t in (x, dt, B, C, D, init)]
     y, fs = ssd(leaves[0], leaves[1], A, leaves[2], leaves[3], SHAPE["chunk"], leaves[4], z, dt_bias,
@@ -116,7 +117,7 @@ def test_ssd_training_path_matches_reference():
     grads = torch.autograd.grad((y.sum() + fs.square().sum()), leaves)
     with torch.no_grad():
         y_fwd = ssd(x, dt, A, B, C, SHAPE["chunk"], D, z, dt_bias, True, init, seq_idx)
-    assert rel_err(y, y_fwd) < 1e-5  # grad path (reference) and Triton forward agree
+    assert rel_err(y, y_fwd) < 1e-5  # =ref grad path (reference) and Triton forward agree
     assert all(g is not None and g.isfinite().all() for g in grads)
 
 
@@ -181,15 +182,43 @@ def test_ssd_backward_matches_reference(monkeypatch, dtype, seqlen, groups, with
             assert rel_err(got[name], want[name]) <= TOL[dtype], (name, rel_err(got[name], want[name]))
 
 
+@pytest.mark.parametrize("dstate", [16, 256])
+def test_ssd_at_the_synthetic_models_shapes(dstate):
+    """`bytelm synth`'s Mamba-2 (d_model 64: 4 heads of 32, chunk 64, d_state 16..256, as MQAR
+    sweeps it): training (Triton forward + backward) and no-grad output against the reference,
+    over three chunks with seq_idx, so each kernel's tile shapes at N = 256 are covered."""
+    shape = dict(heads=4, headdim=32, dstate=dstate, chunk=64)
+    vals = inputs(2, 2 * 64 + 7, 1, torch.float32, True, with_z=False, d_per_p=False, seed=dstate,
+                  shape=shape)
+    x, dt, A, B, C, D, z, dt_bias, init, seq_idx = vals
+    leaves = [t.clone().requires_grad_() for t in (x, dt, B, C, D, dt_bias, init)]
+    lx, ldt, lB, lC, lD, lbias, linit = leaves
+    y, fs = ssd(lx, ldt, A, lB, lC, 64, lD, None, lbias, True, linit, seq_idx, True)
+    assert "SSDFunction" in type(y.grad_fn).__name__
+    got = torch.autograd.grad(y.sum() + fs.square().sum(), leaves)
+    ref_leaves = [t.double().clone().requires_grad_() for t in (x, dt, B, C, D, dt_bias, init)]
+    rx, rdt, rB, rC, rD, rbias, rinit = ref_leaves
+    yr, fr = ssd_ref(rx, rdt, A.double(), rB, rC, 64, rD, None, rbias, True, rinit, seq_idx, True)
+    want = torch.autograd.grad(yr.sum() + fr.square().sum(), ref_leaves)
+    assert rel_err(y, yr) <= 1e-5 and rel_err(fs, fr) <= 1e-5
+    for name, a, b in zip(("x", "dt", "B", "C", "D", "dt_bias", "init"), got, want):
+        assert rel_err(a, b) <= 1e-5, (name, rel_err(a, b))
+    with torch.no_grad():
+        y_fwd = ssd(x, dt, A, B, C, 64, D, None, dt_bias, True, init, seq_idx)
+    assert rel_err(y_fwd, yr) <= 1e-5
+
+
 def test_ssd_backward_switch(monkeypatch):
-    """The default training path is the reference; a bad BYTELM_SSD_BWD is a one-line UserError."""
+    """The default training path is the Triton backward, =ref the reference; a bad value is a
+    one-line UserError."""
     x, dt, A, B, C, D, z, dt_bias, _, _ = inputs(1, 5, 1, torch.float32, False, False, False, 2)
     xg = x.clone().requires_grad_()
-    y = ssd(xg, dt, A, B, C, SHAPE["chunk"], D, None, dt_bias, True)
-    assert "SSDFunction" not in type(y.grad_fn).__name__
-    monkeypatch.setenv("BYTELM_SSD_BWD", "triton")
+    monkeypatch.delenv("BYTELM_SSD_BWD", raising=False)
     y = ssd(xg, dt, A, B, C, SHAPE["chunk"], D, None, dt_bias, True)
     assert "SSDFunction" in type(y.grad_fn).__name__
+    monkeypatch.setenv("BYTELM_SSD_BWD", "ref")
+    y = ssd(xg, dt, A, B, C, SHAPE["chunk"], D, None, dt_bias, True)
+    assert "SSDFunction" not in type(y.grad_fn).__name__
     monkeypatch.setenv("BYTELM_SSD_BWD", "fast")
     with pytest.raises(UserError, match="BYTELM_SSD_BWD"):
         ssd(xg, dt, A, B, C, SHAPE["chunk"], D, None, dt_bias, True)

@@ -1,10 +1,10 @@
 """Triton Mamba-2 SSD: the public ``ssd`` and ``ssd_state_update``.
 
-Status: the Triton forward (triton_fwd.py) is used when no input needs a gradient (inference,
-evaluation, generation's prompt pass). The Triton backward (triton_bwd.py) matches the float64
-reference in the CPU interpreter but has not been checked on a GPU yet, so it is opt-in:
-``BYTELM_SSD_BWD=triton`` runs training through it; by default, when autograd is recording for
-any input, ``ssd`` runs the PyTorch reference (chunked, matmul-based). See kernels/NOTES.md.
+Without autograd, ``ssd`` runs the Triton forward (triton_fwd.py); with autograd recording for
+any input, the Triton forward that keeps the chunk-entry states and the Triton backward
+(triton_bwd.py; checked against the float64 reference on an H200 and in the CPU interpreter,
+kernels/NOTES.md). ``BYTELM_SSD_BWD=ref`` trains through the PyTorch reference instead
+(chunked, matmul-based; 5-13x slower and far more memory), for cross-checks.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ BWD_ENV = "BYTELM_SSD_BWD"
 
 
 def triton_backward_requested() -> bool:
-    value = os.environ.get(BWD_ENV, "").strip().lower() or "ref"
+    value = os.environ.get(BWD_ENV, "").strip().lower() or "triton"
     if value not in ("ref", "triton"):
-        raise UserError(f"{BWD_ENV}={os.environ.get(BWD_ENV)!r} is not ref or triton; unset it "
-                        "or set it to triton to train through the Triton SSD backward")
+        raise UserError(f"{BWD_ENV}={os.environ.get(BWD_ENV)!r} is not triton or ref; unset it "
+                        "(the Triton SSD backward) or set it to ref (the PyTorch reference)")
     return value == "triton"
 
 
