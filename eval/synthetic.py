@@ -425,7 +425,9 @@ def plot_summary(results: list[dict], path: Path) -> None:
         else:
             for r in rows:
                 pts = sorted((int(k), v) for k, v in r["accuracy_by_length"].items() if v is not None)
-                ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=run_label(r))
+                label = run_label(r) + (f", curriculum from {r['curriculum']['start']}"
+                                        if r.get("curriculum") else "")
+                ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=label)
             ax.axvline(rows[0]["train_length"], color="grey", lw=0.8, ls=":")
             ax.set_xlabel("test length")
         ax.set_xscale("log", base=2)
