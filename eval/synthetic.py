@@ -103,10 +103,13 @@ def _is_oom(exc: BaseException) -> bool:
 
 # ---------------------------------------------------------------------------- schedule
 def lr_at(step: int, elapsed: float, o) -> float:
-    """Linear warmup over o.warmup steps, then cosine to 10% of o.lr. The cosine's progress is
-    the larger of steps done and time used, so a --time-budget run still ends on the low rate."""
+    """Linear warmup over o.warmup steps, then cosine to 10% of o.lr (or, with --schedule
+    constant, o.lr to the end). The cosine's progress is the larger of steps done and time used,
+    so a --time-budget run still ends on the low rate."""
     if step < o.warmup:
         return o.lr * (step + 1) / o.warmup
+    if o.schedule == "constant":
+        return o.lr
     progress = (step - o.warmup) / max(1, o.steps - o.warmup)
     if o.time_budget:
         progress = max(progress, elapsed / o.time_budget)
@@ -482,6 +485,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-3)")
     p.add_argument("--warmup", type=int, default=None, help="warmup steps (default steps/20, at most 500)")
+    p.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
+                   help="after warmup: cosine to 10%% of --lr (default) or constant --lr")
     p.add_argument("--weight-decay", type=float, default=None, help="default 0 (0.1 for mqar, as Zoology)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--seed", type=int, default=0)

@@ -152,12 +152,14 @@ def test_answer_logits_equal_full_logits_at_the_answers(arch):
 
 
 def test_schedule_warmup_cosine_and_time_budget():
-    o = argparse.Namespace(lr=1.0, warmup=10, steps=110, time_budget=None)
+    o = argparse.Namespace(lr=1.0, warmup=10, steps=110, time_budget=None, schedule="cosine")
     assert S.lr_at(0, 0, o) == pytest.approx(0.1) and S.lr_at(9, 0, o) == pytest.approx(1.0)
     assert S.lr_at(60, 0, o) == pytest.approx(0.55)
     assert S.lr_at(110, 0, o) == pytest.approx(0.1)
     o.time_budget = 100.0                                      # half the time gone: mid-cosine already
     assert S.lr_at(10, 50.0, o) == pytest.approx(0.55)
+    o.schedule = "constant"                                    # warmup, then the peak rate to the end
+    assert S.lr_at(5, 0, o) == pytest.approx(0.6) and S.lr_at(109, 99.0, o) == pytest.approx(1.0)
 
 
 def test_parse_lengths():
