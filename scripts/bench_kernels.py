@@ -249,6 +249,34 @@ def selective_scan_sweep() -> None:
         print(f"  {c}: " + "  ".join(f"{m:.3f}" for m in ms) + f"  agree {agree:.1e}", flush=True)
     triton_bwd.BWD_CFG.clear()
     triton_bwd.BWD_CFG.update(bwd0)
+    # version 3 of the backward (sequential in time, BYTELM_SCAN_BWD=seq): channels per program,
+    # warps, chunk length, persistent programs per SM; the forward stays the default
+    from bytelm.kernels.selective_scan import triton_bwd_seq
+    seq0 = dict(triton_bwd_seq.SEQ_BWD_CFG)
+    os.environ["BYTELM_SCAN_BWD"] = "seq"
+    print("\nsweep: backward version 3 (sequential), fwd+bwd ms")
+    for c in [dict(BLOCK_D=32, num_warps=2, T=256, programs_per_sm=4),
+              dict(BLOCK_D=32, num_warps=1, T=256, programs_per_sm=8),
+              dict(BLOCK_D=16, num_warps=1, T=256, programs_per_sm=8),
+              dict(BLOCK_D=64, num_warps=4, T=512, programs_per_sm=2),
+              dict(BLOCK_D=32, num_warps=2, T=128, programs_per_sm=4)]:
+        triton_bwd_seq.SEQ_BWD_CFG.update(c)
+        try:
+            ms, mem = [], []
+            for batch, L in SHAPES:
+                inputs = scan_inputs(batch, L)
+                _, fb, extra = time_scan(lambda **kw: selective_scan(**kw, delta_softplus=True), inputs)
+                ms.append(fb)
+                mem.append(extra / (inputs["u"].numel() * 2))  # in (batch, dim, L) bf16 tensors
+            agree = _max_rel(_scan_outputs(check), ref)
+            print(f"  {c}: " + "  ".join(f"{m:.3f}" for m in ms) + f"  agree {agree:.1e}  extra mem "
+                  + " ".join(f"{x:.2f}x" for x in mem), flush=True)
+        except Exception as err:  # noqa: BLE001 - a config that fails to compile is reported
+            print(f"  {c}: failed ({type(err).__name__}: {err})"[:300], flush=True)
+        finally:
+            triton_bwd_seq.SEQ_BWD_CFG.clear()
+            triton_bwd_seq.SEQ_BWD_CFG.update(seq0)
+    os.environ.pop("BYTELM_SCAN_BWD")
 
 
 FAMILIES = {"selective_scan": selective_scan_rows}

@@ -234,3 +234,33 @@ def test_sequential_forward_variant_bf16_and_gradients(monkeypatch):
                chunk_size=None if CUDA else 16)
     check_scan(make_inputs(2, DIM, NSTATE, L, 1, torch.float32), torch.float32,
                seq_idx=packed_seq_idx(2, L), chunk_size=None if CUDA else 24)
+
+
+SEQ_BWD_CASES = [
+    (L, groups, chunk, opts)
+    for L in LENGTHS
+    for groups, chunk, opts in [(1, None, {}), (2, 16 if not CUDA else 256, dict(seq=True))]
+] + [
+    (LENGTHS[-1], 1, 24 if not CUDA else 160, dict(z=False, D=False, bias=False, h0=False)),
+    (LENGTHS[-1], 2, 8 if not CUDA else 512, dict(seq=True, h0=False, grad_final=False)),
+    (LENGTHS[-1], 1, 16 if not CUDA else 256, dict(grad_y=False)),
+]
+
+
+@pytest.mark.parametrize("L,groups,chunk,opts", SEQ_BWD_CASES)
+def test_sequential_backward_variant_matches_reference(monkeypatch, L, groups, chunk, opts):
+    """Version 3 of the backward (BYTELM_SCAN_BWD=seq, opt-in until timed on a GPU): every
+    gradient against float64 over several chunks (chunk_states + the persistent programs, each
+    taking several work items and reusing its scratch slot), documents, groups, no z / D / bias."""
+    monkeypatch.setenv("BYTELM_SCAN_BWD", "seq")
+    opts = dict(opts)
+    seq, grad_y, grad_final = opts.pop("seq", False), opts.pop("grad_y", True), opts.pop("grad_final", True)
+    inputs = make_inputs(2, DIM, NSTATE, L, groups, torch.float32, **opts)
+    check_scan(inputs, torch.float32, seq_idx=packed_seq_idx(2, L) if seq else None,
+               chunk_size=chunk, grad_y=grad_y, grad_final=grad_final)
+
+
+def test_sequential_backward_variant_bf16(monkeypatch):
+    monkeypatch.setenv("BYTELM_SCAN_BWD", "seq")
+    check_scan(make_inputs(2, DIM, NSTATE, LENGTHS[-1], 2, torch.bfloat16), torch.bfloat16,
+               chunk_size=None if CUDA else 16)

@@ -20,11 +20,14 @@ d(delta_bias) are reduced over the tile before theirs. No scratch memory.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
 from bytelm.kernels.selective_scan import triton_fwd
+from bytelm.kernels.selective_scan.triton_bwd_seq import scan_bwd_seq
 from bytelm.kernels.selective_scan.triton_fwd import (
     LOG2E, _col, _combine, _delta_tile, _reset_tile, _set_col, bc_strides, block_d, cfg,
     chunk_states,
@@ -171,7 +174,11 @@ def scan_bwd(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, initia
              chunk_size, need_dh0):
     """(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state); inputs normalized as in
     scan_fwd, dout contiguous (batch, dim, L), dfinal (batch, dim, N) fp32 or None.
-    chunk_size does not apply: the backward's chunk is its tile (BWD_CFG["BLOCK_L"])."""
+    chunk_size does not apply: the backward's chunk is its tile (BWD_CFG["BLOCK_L"]).
+    BYTELM_SCAN_BWD=seq runs the sequential-in-time version 3 (triton_bwd_seq.py)."""
+    if os.environ.get("BYTELM_SCAN_BWD", "") == "seq":
+        return scan_bwd_seq(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus,
+                            initial_state, seq_idx, chunk_size, need_dh0)
     c = cfg(BWD_CFG, BWD_CFG_INTERP)
     batch, dim, L = u.shape
     G, N = B.shape[1], B.shape[2]
