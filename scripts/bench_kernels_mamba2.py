@@ -73,6 +73,19 @@ def norm_conv_rows(tokens=16384, dim=2048, batch=8):
     out.append(_row("rms_norm +residual", shape, "bwd",
                     bench(lambda: torch.autograd.grad((y2, r2), (x, r, w), (dy, dr), retain_graph=True)),
                     14 * n))
+    # backward grid variants (programs per SM x warps; the default is 4 x num_warps_for(dim))
+    from bytelm.kernels.rms_norm import triton_bwd as norm_bwd
+    saved = dict(norm_bwd.BWD_CFG)
+    for pps, nw in ((8, None), (16, 4), (8, 4), (2, 16)):
+        norm_bwd.BWD_CFG.update(programs_per_sm=pps, num_warps=nw)
+        tag = f" (bwd {pps}/SM, {nw or 'default'} warps)"
+        out.append(_row("rms_norm gated" + tag, shape, "bwd",
+                        bench(lambda: torch.autograd.grad(y, (x, z, w), dy, retain_graph=True)), 10 * n))
+        out.append(_row("rms_norm +residual" + tag, shape, "bwd",
+                        bench(lambda: torch.autograd.grad((y2, r2), (x, r, w), (dy, dr), retain_graph=True)),
+                        14 * n))
+    norm_bwd.BWD_CFG.clear()
+    norm_bwd.BWD_CFG.update(saved)
     # conv: channel-last (B, D, L) view as the models pass it; read x write y | read x, dy write dx
     xc = torch.randn(batch, tokens // batch, dim, device="cuda", dtype=bf).transpose(1, 2).requires_grad_()
     wc = torch.randn(dim, 4, device="cuda", requires_grad=True)

@@ -65,10 +65,15 @@ def _rms_norm_bwd_kernel(
     tl.store(DW_PART + i_p.to(tl.int64) * D + o_tile, b_dw, mask=m_tile)
 
 
+# Programs per SM of the persistent grid, and warps per program (None: num_warps_for(dim), the
+# forward's choice). scripts/bench_kernels_mamba2.py times variants of both (kernels/NOTES.md).
+BWD_CFG = dict(programs_per_sm=4, num_warps=None)
+
+
 def _num_programs(device, n_rows):
     if device.type == "cuda":
         sms = torch.cuda.get_device_properties(device).multi_processor_count
-        return max(1, min(n_rows, 4 * sms))
+        return max(1, min(n_rows, BWD_CFG["programs_per_sm"] * sms))
     return max(1, min(n_rows, 4))
 
 
@@ -87,6 +92,6 @@ def rms_norm_bwd(s2, gate2, weight, rstd, dy2, dres_out2, x_dtype, res_dtype, gr
         s2, gate2, weight, rstd, dy2, dres_out2, dx, dres, dgate, dw_part, n_rows, rows_per_prog,
         D=dim, GS=group_size, NG=ngroups, BLOCK_G=block_g, BLOCK_S=block_s,
         HAS_GATE=gate2 is not None, HAS_DRES_OUT=dres_out2 is not None, HAS_DRES=has_res,
-        num_warps=num_warps_for(dim),
+        num_warps=BWD_CFG["num_warps"] or num_warps_for(dim),
     )
     return dx, dres, dgate, dw_part.sum(0).to(weight.dtype)
