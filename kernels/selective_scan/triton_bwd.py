@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 
-import torch
 import triton
 import triton.language as tl
 
@@ -194,16 +193,8 @@ def scan_bwd(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, initia
                              BLOCK_L=BL, num_warps=c["num_warps"])
     else:
         h0, g = initial_state, dfinal
-    f32 = dict(device=u.device, dtype=torch.float32)
-    du = triton_fwd.new_empty(batch, dim, L, device=u.device, dtype=u.dtype)
-    ddelta = triton_fwd.new_empty(batch, dim, L, device=u.device, dtype=delta.dtype)
-    dz = triton_fwd.new_empty(batch, dim, L, device=u.device, dtype=z.dtype) if z is not None else None
-    dB = torch.zeros(batch, G, N, L, **f32)
-    dC = torch.zeros(batch, G, N, L, **f32)
-    dA = torch.zeros(dim, N, **f32)
-    dD = torch.zeros(dim, **f32) if D is not None else None
-    dbias = torch.zeros(dim, **f32) if delta_bias is not None else None
-    dh0 = triton_fwd.new_empty(batch, dim, N, **f32) if need_dh0 else None
+    du, ddelta, dz, dB, dC, dA, dD, dbias, dh0 = triton_fwd.grad_buffers(
+        u, delta, z, B, D, delta_bias, need_dh0)
     dummy = du
     _bwd_kernel[(nbd, nc, batch)](
         u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,

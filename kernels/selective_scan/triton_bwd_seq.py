@@ -255,17 +255,9 @@ def scan_bwd_seq(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, in
         h0, g = initial_state, dfinal
     n_work = batch * nc * nbd
     nprog = max(1, min(n_work, c["programs_per_sm"] * sm_count(u)))
-    f32 = dict(device=u.device, dtype=torch.float32)
-    ck = torch.empty(nprog, T // 8, BD, BN, **f32)  # scratch, written before it is read
-    du = triton_fwd.new_empty(batch, dim, L, device=u.device, dtype=u.dtype)
-    ddelta = triton_fwd.new_empty(batch, dim, L, device=u.device, dtype=delta.dtype)
-    dz = triton_fwd.new_empty(batch, dim, L, device=u.device, dtype=z.dtype) if z is not None else None
-    dB = torch.zeros(batch, G, N, L, **f32)
-    dC = torch.zeros(batch, G, N, L, **f32)
-    dA = torch.zeros(dim, N, **f32)
-    dD = torch.zeros(dim, **f32) if D is not None else None
-    dbias = torch.zeros(dim, **f32) if delta_bias is not None else None
-    dh0 = triton_fwd.new_empty(batch, dim, N, **f32) if need_dh0 else None
+    ck = torch.empty(nprog, T // 8, BD, BN, device=u.device, dtype=torch.float32)  # scratch, written before read
+    du, ddelta, dz, dB, dC, dA, dD, dbias, dh0 = triton_fwd.grad_buffers(
+        u, delta, z, B, D, delta_bias, need_dh0)
     dummy = du
     _bwd_seq_kernel[(nprog,)](
         u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,

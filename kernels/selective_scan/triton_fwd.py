@@ -477,6 +477,25 @@ def cfg(gpu_cfg: dict, interp_cfg: dict) -> dict:
     return interp_cfg if interpreting() else gpu_cfg
 
 
+def grad_buffers(u, delta, z, B, D, delta_bias, need_dh0):
+    """The backward's outputs: du, ddelta, dz (in their inputs' layout, fully written by the
+    kernel), and the atomically accumulated dB, dC (batch, G, N, L), dA, dD, dbias (fp32, zeroed),
+    dh0 (batch, dim, N) fp32 or None."""
+    batch, dim, L = u.shape
+    G, N = B.shape[1], B.shape[2]
+    f32 = dict(device=u.device, dtype=torch.float32)
+    du = new_empty(batch, dim, L, device=u.device, dtype=u.dtype)
+    ddelta = new_empty(batch, dim, L, device=u.device, dtype=delta.dtype)
+    dz = new_empty(batch, dim, L, device=u.device, dtype=z.dtype) if z is not None else None
+    dB = torch.zeros(batch, G, N, L, **f32)
+    dC = torch.zeros(batch, G, N, L, **f32)
+    dA = torch.zeros(dim, N, **f32)
+    dD = torch.zeros(dim, **f32) if D is not None else None
+    dbias = torch.zeros(dim, **f32) if delta_bias is not None else None
+    dh0 = new_empty(batch, dim, N, **f32) if need_dh0 else None
+    return du, ddelta, dz, dB, dC, dA, dD, dbias, dh0
+
+
 def sm_count(t) -> int:
     if t.is_cuda:
         return torch.cuda.get_device_properties(t.device).multi_processor_count
