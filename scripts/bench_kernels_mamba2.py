@@ -4,7 +4,8 @@ Triton `mamba_chunk_scan_combined` timed in the same process when its source is 
     python scripts/bench_kernels_mamba2.py [--anchor-src .carry/mamba_ssm_src]
 
 `rows()` returns dicts (op, shape, pass, ms, floor_ms, pct_floor, anchor_ms, speedup) for
-bench_kernels.py to merge. Floors: bytes each pass must read + write once, over 3.0 TB/s.
+bench_kernels.py to merge. Floors: bytes each pass must read + write once, over the GPU's
+copy bandwidth measured in the same run (3.0 TB/s on the H100 of ANCHORS.md, ~4.3 on an H200).
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ import types
 
 import torch
 
-COPY_BW = 3.0e12  # bytes/s, read + written (ANCHORS.md measured 3.02 TB/s on the H100)
+COPY_BW = 3.0e12  # bytes/s, read + written (ANCHORS.md measured 3.02 TB/s on the H100); main()
+#                   replaces it with this GPU's own copy bandwidth, measured in the same run
+
+
+def measure_copy_bw(nbytes=2 << 30) -> float:
+    """Device-to-device copy bandwidth (bytes read + written per second) of a 2 GiB tensor."""
+    src = torch.empty(nbytes // 2, device="cuda", dtype=torch.uint8)
+    dst = torch.empty_like(src)
+    return nbytes / (bench(lambda: dst.copy_(src)) * 1e-3)
 
 
 def load_anchor(src):
@@ -158,6 +167,8 @@ def ssd_rows(anchor, shapes=((8, 2048), (2, 8192), (1, 32768)), H=32, P=64, N=12
 
 
 def rows(anchor_src=".carry/mamba_ssm_src"):
+    global COPY_BW
+    COPY_BW = measure_copy_bw()
     return norm_conv_rows() + ssd_rows(load_anchor(anchor_src))
 
 
@@ -180,7 +191,9 @@ if __name__ == "__main__":
     ap.add_argument("--anchor-src", default=".carry/mamba_ssm_src")
     args = ap.parse_args()
     import datetime
-    print(f"# {datetime.date.today()} {torch.cuda.get_device_name()} torch {torch.__version__}")
+    COPY_BW = measure_copy_bw()
+    print(f"# {datetime.date.today()} {torch.cuda.get_device_name()} torch {torch.__version__}; "
+          f"floors at this GPU's copy bandwidth, {COPY_BW / 1e12:.2f} TB/s (read + written)")
     print("\n".join(HEADER), flush=True)
     for r in norm_conv_rows():  # printed as they come, so a time limit still leaves rows
         print(format_rows([r]), flush=True)
