@@ -14,6 +14,11 @@ of memory is recorded as None (with status "oom"), and longer lengths are not tr
 window's train accuracy reaches --curriculum-at (default 0.9), up to --seq-len; the accuracy stop
 and the test set are at --seq-len only, and the record says where the curriculum ended.
 
+For Mamba models the record also holds `memory_horizon`: per Mamba layer, 1 / (|A| · mean Δ) over
+one test batch at the training length, the distance in tokens over which its states decay by e
+(max / p99 / median over states); an answer L tokens back needs a horizon well beyond L, so it
+shows what length extrapolation (induction heads) can reach before the test says so.
+
 --json ends stdout with one JSON object (task, model, steps, accuracy at the training length,
 accuracy_by_length, and the rest of the record); --out DIR writes DIR/results.json (atomically)
 and DIR/accuracy.png. `results_table` and `plot_summary` turn several runs' results into the
@@ -227,6 +232,45 @@ def accuracy_at(model: LM, o, length: int, examples: int, batch: int, device) ->
     return correct / answers
 
 
+@torch.no_grad()
+def memory_horizons(model: LM, x: torch.Tensor) -> list[dict]:
+    """Per Mamba layer, how far its states remember on the inputs x, in tokens. A state decays by
+    exp(A Σ_t Δ_t) over a stretch, so its horizon is 1 / (|A| · mean Δ) over these inputs: an
+    induction-heads answer 2^16 tokens back needs states whose horizon is well beyond 2^16.
+    Returns [{layer, max, p99, median}] over (channel, state) pairs (Mamba-1) or heads (Mamba-2);
+    attention layers are left out. Δ is recomputed in fp32 from the projection that produces it."""
+    mixers = [(i, b.layer_type, b.mixer) for i, b in enumerate(model.backbone.layers)
+              if b.layer_type != "attn"]
+    means, handles = {}, []
+
+    def hook(i, kind, mixer):
+        def fn(module, inputs, out):
+            if kind == "mamba":  # x_proj: (B, L, R + 2N) -> Δ (B, L, E)
+                dt = out[..., :mixer.dt_rank].float() @ mixer.dt_proj.weight.float().t()
+                dt = dt + mixer.dt_proj.bias.float()
+            else:                # in_proj: (B, L, ...), Δ pre-activation in the last H columns
+                dt = out[..., -mixer.nheads:].float() + mixer.dt_bias.float()
+            means[i] = F.softplus(dt).flatten(0, -2).mean(0)        # (E,) or (H,)
+        return fn
+
+    for i, kind, mixer in mixers:
+        proj = mixer.x_proj if kind == "mamba" else mixer.in_proj
+        handles.append(proj.register_forward_hook(hook(i, kind, mixer)))
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    out = []
+    for i, kind, mixer in mixers:
+        A = torch.exp(mixer.A_log.float())                          # |A|: (E, N) or (H,)
+        dt = means[i] if kind != "mamba" else means[i][:, None]
+        horizon = (1.0 / (A * dt).clamp_min(1e-30)).flatten().double()
+        out.append(dict(layer=i, max=float(horizon.max()), p99=float(horizon.quantile(0.99)),
+                        median=float(horizon.median())))
+    return out
+
+
 def evaluate_lengths(model: LM, o, device, log=None) -> tuple[dict, dict]:
     """accuracy_by_length {str(length): accuracy or None} and per-length details."""
     log = log or (lambda msg: None)
@@ -301,6 +345,13 @@ def run(o, log=None) -> dict:
     record = train(model, o, device, log)
     t0 = time.time()
     acc, details = evaluate_lengths(model, o, device, log)
+    horizons = None
+    if o.model != "transformer":  # one test batch at the training length, as in the tests
+        gen = torch.Generator(device=device).manual_seed(eval_seed(o.seed, o.seq_len))
+        x, _, _ = tasks.make_batch(o.task, min(16, o.eval_examples), o.seq_len, gen, **_task_kw(o))
+        horizons = memory_horizons(model, x)
+        (log or (lambda m: None))("memory horizon (tokens; max / p99 / median over states): " + "; ".join(
+            f"layer {h['layer']} {h['max']:.3g} / {h['p99']:.3g} / {h['median']:.3g}" for h in horizons))
     result = {
         "task": o.task, "model": o.model, "steps": record["steps"],
         "accuracy": acc[str(o.seq_len)], "accuracy_by_length": acc,
@@ -312,6 +363,7 @@ def run(o, log=None) -> dict:
         "final_train_accuracy": record["history"][-1]["train_accuracy"] if record["history"] else None,
         "seconds_train": record["seconds_train"], "seconds_eval": round(time.time() - t0, 2),
         "eval": details,
+        "memory_horizon": horizons,
         "curriculum": None if not o.curriculum else dict(
             start=o.curriculum, advance_at=o.curriculum_at, final_length=record["final_length"],
             full_length_from_step=record["full_length_from_step"]),

@@ -8,6 +8,7 @@ task through the real command, and learning well above chance on easy settings.
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -324,3 +325,25 @@ def test_curriculum_doubles_the_length_and_stops_only_at_full_length(monkeypatch
 def test_curriculum_bad_input(argv, message):
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
         options(["selective-copy", "--seq-len", "64", "--num-tokens", "2", "--device", "cpu", *argv])
+
+
+@pytest.mark.parametrize("arch", ["mamba", "mamba2", "hybrid"])
+def test_memory_horizon_is_one_over_A_times_mean_delta(arch):
+    """One entry per Mamba layer (attention left out); at initialisation (|A| >= 1, Δ from
+    [0.001, 0.1]) no state remembers past ~1/0.001 tokens; halving every |A| doubles every
+    horizon of the first Mamba layer (horizon = 1 / (|A| mean Δ), and its Δ does not depend on A)."""
+    torch.manual_seed(0)
+    model = S.build_model(arch, 32, d_model=32, layers=2, d_state=8)
+    x = torch.randint(0, 32, (2, 40))
+    got = S.memory_horizons(model, x)
+    mixers = [(i, b) for i, b in enumerate(model.backbone.layers) if b.layer_type != "attn"]
+    assert [h["layer"] for h in got] == [i for i, _ in mixers] and got
+    for h in got:
+        assert 1.0 < h["median"] <= h["p99"] <= h["max"] < 2000
+    with torch.no_grad():
+        for _, b in mixers:
+            b.mixer.A_log -= math.log(2.0)
+    again = S.memory_horizons(model, x)
+    # the first Mamba layer's Δ depends on the embeddings only (later layers see A's effect)
+    assert again[0]["max"] == pytest.approx(2 * got[0]["max"], rel=1e-5)
+    assert again[0]["median"] == pytest.approx(2 * got[0]["median"], rel=1e-5)
