@@ -136,6 +136,12 @@ def train(model: LM, o, device: torch.device, log=None) -> dict:
     gen = torch.Generator(device=device).manual_seed(o.seed)   # batches are made on the device
     opt = build_optimizer(model, SimpleNamespace(lr=o.lr, weight_decay=o.weight_decay, beta1=0.9,
                                                  beta2=0.95), device)
+    graphed = None
+    if o.cuda_graph:  # the same parameter groups, in a capturable AdamW; steps as CUDA graphs
+        from bytelm.eval.graph_step import GraphedStep, capturable_adamw
+        opt = capturable_adamw([{"params": g["params"], "weight_decay": g["weight_decay"]}
+                                for g in opt.param_groups], o.lr, (0.9, 0.95), device)
+        graphed = GraphedStep(model, opt, answer_logits)
     model.train()
     history, stopped = [], "steps"
     length = o.curriculum or o.seq_len             # the context length of this step's batches
@@ -179,17 +185,29 @@ def train(model: LM, o, device: torch.device, log=None) -> dict:
             stopped = "time"
             break
         lr = lr_at(step, elapsed, o)
-        for group in opt.param_groups:
-            group["lr"] = lr
         x, y, idx = tasks.make_batch(o.task, o.batch_size, length, gen, **_task_kw(o))
         target = y.gather(1, idx)                                        # (B, n)
-        with autocast_for(device):
-            logits = answer_logits(model, x, idx)                        # (B, n, V)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), target.flatten())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        if graphed is not None:
+            try:
+                loss, logits = graphed.step(x, target, idx, lr)
+            except RuntimeError as exc:  # a capture that fails: say so, go on eagerly
+                log(f"--cuda-graph: capture failed at step {step} ({str(exc).splitlines()[0][:160]}); "
+                    "continuing without graphs")
+                graphed = None
+                continue
+        else:
+            for group in opt.param_groups:
+                if torch.is_tensor(group["lr"]):
+                    group["lr"].fill_(lr)
+                else:
+                    group["lr"] = lr
+            with autocast_for(device):
+                logits = answer_logits(model, x, idx)                    # (B, n, V)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), target.flatten())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
         step += 1
         loss_sum += loss.detach()
         correct += (logits.detach().argmax(-1) == target).sum()
@@ -202,7 +220,8 @@ def train(model: LM, o, device: torch.device, log=None) -> dict:
     if window_steps:  # the steps since the last log line (a time-budget stop)
         flush(step, lr, advance=False)
     return dict(steps=step, stopped=stopped, history=history, seconds_train=round(time.time() - t0, 2),
-                final_length=length, full_length_from_step=full_at)
+                final_length=length, full_length_from_step=full_at,
+                cuda_graphs=None if not o.cuda_graph else (len(graphed.graphs) if graphed else "failed"))
 
 
 # ---------------------------------------------------------------------------- evaluate
@@ -364,6 +383,7 @@ def run(o, log=None) -> dict:
         "seconds_train": record["seconds_train"], "seconds_eval": round(time.time() - t0, 2),
         "eval": details,
         "memory_horizon": horizons,
+        "cuda_graphs": record["cuda_graphs"],   # graphs captured (one per batch shape), "failed", None
         "curriculum": None if not o.curriculum else dict(
             start=o.curriculum, advance_at=o.curriculum_at, final_length=record["final_length"],
             full_length_from_step=record["full_length_from_step"]),
@@ -539,6 +559,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=None, help="warmup steps (default steps/20, at most 500)")
     p.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
                    help="after warmup: cosine to 10%% of --lr (default) or constant --lr")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="run each training step as one captured CUDA graph (CUDA only; the small "
+                        "models' steps are launch-bound)")
     p.add_argument("--weight-decay", type=float, default=None, help="default 0 (0.1 for mqar, as Zoology)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--seed", type=int, default=0)
@@ -595,6 +618,8 @@ def resolve_options(args) -> SimpleNamespace:
     for key in ("d_state", "n_head", "num_kv_pairs", "vocab", "time_budget"):
         if getattr(o, key) is not None and getattr(o, key) <= 0:
             raise UserError(f"--{key.replace('_', '-')} must be positive, got {getattr(o, key)}")
+    if o.cuda_graph and device.type != "cuda":
+        raise UserError(f"--cuda-graph needs a CUDA device, got --device {o.device}; drop --cuda-graph")
     if o.lr <= 0 or o.weight_decay < 0 or o.warmup < 0:
         raise UserError("--lr must be positive and --weight-decay, --warmup non-negative")
     if o.stop_at_accuracy is not None and not 0 < o.stop_at_accuracy <= 1:
