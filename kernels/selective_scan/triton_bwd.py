@@ -28,7 +28,7 @@ import triton.language as tl
 from bytelm.kernels.selective_scan import triton_fwd
 from bytelm.kernels.selective_scan.triton_bwd_seq import scan_bwd_seq
 from bytelm.kernels.selective_scan.triton_fwd import (
-    LOG2E, _col, _combine, _delta_tile, _reset_tile, _set_col, bc_strides, block_d, cfg,
+    LOG2E, _col, _combine, _delta_tile, _reset_tile, _set_col, bc_strides, cfg,
     chunk_states,
 )
 
@@ -179,13 +179,8 @@ def scan_bwd(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, initia
         return scan_bwd_seq(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus,
                             initial_state, seq_idx, chunk_size, need_dh0)
     c = cfg(BWD_CFG, BWD_CFG_INTERP)
-    batch, dim, L = u.shape
-    G, N = B.shape[1], B.shape[2]
-    dpg = dim // G
-    BD = block_d(c["BLOCK_D"], dim, dpg)
+    batch, dim, L, G, N, dpg, BD, BN, nbd = triton_fwd.launch_dims(u, B, c["BLOCK_D"])
     BL = min(c["BLOCK_L"], max(16, triton.next_power_of_2(L)))
-    BN = triton.next_power_of_2(N)
-    nbd = triton.cdiv(dim, BD)
     nc = triton.cdiv(L, BL)
     if nc > 1:
         h0, g = chunk_states(u, delta, A, B, C, z, dout, delta_bias, softplus, seq_idx, BL, nc, BD,

@@ -27,7 +27,7 @@ import triton.language as tl
 
 from bytelm.kernels.selective_scan import triton_fwd
 from bytelm.kernels.selective_scan.triton_fwd import (
-    LOG2E, _cols8, _delta_tile, _join8, _reset_tile, bc_strides, block_d, cfg, chunk_states,
+    LOG2E, _cols8, _delta_tile, _join8, _reset_tile, bc_strides, cfg, chunk_states, launch_dims,
     sm_count,
 )
 
@@ -237,12 +237,7 @@ def scan_bwd_seq(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, in
     """scan_bwd's contract (triton_bwd.py) with `_bwd_seq_kernel`; chunk_size, when given, is
     the chunk length T (rounded up to a multiple of 8), else SEQ_BWD_CFG["T"]."""
     c = cfg(SEQ_BWD_CFG, SEQ_BWD_CFG_INTERP)
-    batch, dim, L = u.shape
-    G, N = B.shape[1], B.shape[2]
-    dpg = dim // G
-    BD = block_d(c["BLOCK_D"], dim, dpg)
-    BN = triton.next_power_of_2(N)
-    nbd = triton.cdiv(dim, BD)
+    batch, dim, L, G, N, dpg, BD, BN, nbd = launch_dims(u, B, c["BLOCK_D"])
     T = triton.cdiv(int(chunk_size or c["T"]), 8) * 8
     T = min(T, triton.cdiv(L, 8) * 8)
     nc = triton.cdiv(L, T)

@@ -502,6 +502,17 @@ def sm_count(t) -> int:
     return 1
 
 
+def launch_dims(u, B, want_bd: int):
+    """(batch, dim, L, G, N, dpg, BD, BN, nbd) of a launch over u (batch, dim, L) and B (batch,
+    G, N, L) with up to want_bd channels per program: dpg channels per group, BD channels per
+    program (block_d), BN the padded state width, nbd channel blocks."""
+    batch, dim, L = u.shape
+    G, N = B.shape[1], B.shape[2]
+    dpg = dim // G
+    BD = block_d(want_bd, dim, dpg)
+    return batch, dim, L, G, N, dpg, BD, triton.next_power_of_2(N), triton.cdiv(dim, BD)
+
+
 def block_d(want: int, dim: int, dpg: int) -> int:
     """Channels per program: a power of two that divides the channels of one group."""
     return max(1, min(want, dpg & (-dpg), triton.next_power_of_2(dim)))
@@ -571,12 +582,8 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, seq_i
         return scan_fwd_seq(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, seq_idx,
                             chunk_size, want_final)
     c = cfg(FWD_CFG, FWD_CFG_INTERP)
-    batch, dim, L = u.shape
-    G, N = B.shape[1], B.shape[2]
-    dpg = dim // G
-    BD, BL = block_d(c["BLOCK_D"], dim, dpg), c["BLOCK_L"]
-    BN = triton.next_power_of_2(N)
-    nbd = triton.cdiv(dim, BD)
+    batch, dim, L, G, N, dpg, BD, BN, nbd = launch_dims(u, B, c["BLOCK_D"])
+    BL = c["BLOCK_L"]
     T = chunk_steps(L, BL, chunk_size, batch * nbd, c["programs_per_sm"] * sm_count(u))
     nc = triton.cdiv(L, T)
     if nc > 1:
@@ -612,12 +619,7 @@ def scan_fwd_seq(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, s
     same kernel in LOCAL mode gives each chunk's end state and decay, `_chunk_carry_kernel`
     the chunk start states, then the kernel reruns each chunk writing y."""
     c = cfg(SEQ_CFG, SEQ_CFG_INTERP)
-    batch, dim, L = u.shape
-    G, N = B.shape[1], B.shape[2]
-    dpg = dim // G
-    BD = block_d(c["BLOCK_D"], dim, dpg)
-    BN = triton.next_power_of_2(N)
-    nbd = triton.cdiv(dim, BD)
+    batch, dim, L, G, N, dpg, BD, BN, nbd = launch_dims(u, B, c["BLOCK_D"])
     T = chunk_steps(L, 8, chunk_size, batch * nbd, c["programs_per_sm"] * sm_count(u))
     nc = triton.cdiv(L, T)
     f32 = dict(device=u.device, dtype=torch.float32)
