@@ -27,7 +27,7 @@ import triton.language as tl
 
 from bytelm.kernels.selective_scan import triton_fwd
 from bytelm.kernels.selective_scan.triton_fwd import (
-    LOG2E, _cols8, _delta_tile, _join8, _reset_tile, bc_strides, cfg, chunk_states, launch_dims,
+    LOG2E, _cols8, _delta_tile, _join8, _keep_tile, _reset_tile, bc_strides, cfg, chunk_states, launch_dims,
     sm_count,
 )
 
@@ -119,8 +119,7 @@ def _bwd_seq_kernel(
             b_dt, _ = _delta_tile(p_delta + o_t[None, :], m_dt, b_bias, SOFTPLUS)
             b_u = tl.load(p_u + o_t[None, :], mask=m_dt, other=0.0).to(tl.float32)
             b_Bt = tl.load(p_B + o_t[None, :], mask=m_n[:, None] & m_t[None, :], other=0.0).to(tl.float32)
-            reset = _reset_tile(p_seq, o_t, m_t, HAS_SEQ)
-            b_keep = tl.where(reset[None, :], 0.0, 1.0) + tl.zeros([BLOCK_D, 8], dtype=tl.float32)
+            b_keep = _keep_tile(p_seq, o_t, m_t, HAS_SEQ, BLOCK_D)
             dt0, dt1, dt2, dt3, dt4, dt5, dt6, dt7 = _cols8(b_dt)
             du0, du1, du2, du3, du4, du5, du6, du7 = _cols8(b_dt * b_u)
             k0, k1, k2, k3, k4, k5, k6, k7 = _cols8(b_keep)
@@ -169,8 +168,7 @@ def _bwd_seq_kernel(
                 b_dy = b_do * b_z * b_sg
             else:
                 b_dy = b_do
-            reset = _reset_tile(p_seq, o_t, m_t, HAS_SEQ)
-            b_keep = tl.where(reset[None, :], 0.0, 1.0) + tl.zeros([BLOCK_D, 8], dtype=tl.float32)
+            b_keep = _keep_tile(p_seq, o_t, m_t, HAS_SEQ, BLOCK_D)
             b_du = b_dt * b_u
             dt0, dt1, dt2, dt3, dt4, dt5, dt6, dt7 = _cols8(b_dt)
             du0, du1, du2, du3, du4, du5, du6, du7 = _cols8(b_du)

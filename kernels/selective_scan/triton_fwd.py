@@ -303,6 +303,13 @@ def _join8(c0, c1, c2, c3, c4, c5, c6, c7):
 
 
 @triton.jit
+def _keep_tile(p_seq_row, o_t, m_t, HAS_SEQ: tl.constexpr, BLOCK_D: tl.constexpr):
+    """(BLOCK_D, 8) fp32 factor on the decay of 8 steps: 0 where a document starts, else 1."""
+    reset = _reset_tile(p_seq_row, o_t, m_t, HAS_SEQ)
+    return tl.where(reset[None, :], 0.0, 1.0) + tl.zeros([BLOCK_D, 8], dtype=tl.float32)
+
+
+@triton.jit
 def _seq_step(b_h, b_A2, dt, du, keep, b_B, b_C, HAS_SEQ: tl.constexpr):
     """One time step of every (channel, state) pair in registers: h = a h + Δ u B, y = C·h."""
     b_a = tl.exp2(dt[:, None] * b_A2)
@@ -369,11 +376,7 @@ def _fwd_seq_kernel(
         b_dt, _ = _delta_tile(p_delta + o_t[None, :], m_dt, b_bias, SOFTPLUS)
         b_u = tl.load(p_u + o_t[None, :], mask=m_dt, other=0.0).to(tl.float32)
         b_Bt = tl.load(p_B + o_t[None, :], mask=m_nt, other=0.0).to(tl.float32)
-        if HAS_SEQ:
-            reset = _reset_tile(seq_ptr + i_b64 * L, o_t, m_t, HAS_SEQ)
-            b_keep = tl.where(reset[None, :], 0.0, 1.0) + tl.zeros([BLOCK_D, 8], dtype=tl.float32)
-        else:
-            b_keep = tl.zeros([BLOCK_D, 8], dtype=tl.float32) + 1.0
+        b_keep = _keep_tile(seq_ptr + i_b64 * L, o_t, m_t, HAS_SEQ, BLOCK_D)
         if LOCAL:
             b_dsum += tl.sum(b_dt, 1)
             b_alive *= tl.min(b_keep, 1)
