@@ -161,7 +161,7 @@ def selective_scan_rows(args) -> list[dict]:
                 def ref(**kw):
                     return compiled(**kw, delta_softplus=True)
 
-                rfwd, rfb, _ = with_time_limit(compile_budget, lambda: time_scan(ref, inputs))
+                rfwd, rfb, _ = with_time_limit(compile_budget, lambda inputs=inputs: time_scan(ref, inputs))
                 rows.append({"op": "selective_scan", "shape": shape, "impl": "reference torch.compile",
                              "fwd ms": rfwd, "fwd vs anchor": a_fwd / rfwd,
                              "fwd floor %": 100 * fl_fwd_ms / rfwd, "fwd+bwd ms": rfb,
@@ -216,18 +216,25 @@ def _sweep_forward(title, cfg, configs, check, ref) -> None:
             cfg.update(saved)
 
 
-def selective_scan_sweep() -> None:
+def selective_scan_sweep(parts=("fwd3", "bwd2", "bwd3")) -> None:
     """Tile-shape variants of the forward and backward (printed, not in the main table). Each
     variant's y and gradients at 8x2048 are compared with the default configs' ("agree"), which
-    gpu_check_selective_scan.py checks against the reference."""
-    from bytelm.kernels.selective_scan import triton_bwd, triton_fwd
-    from bytelm.kernels.selective_scan.triton_op import selective_scan
-
-    bwd0 = dict(triton_bwd.BWD_CFG)
+    gpu_check_selective_scan.py checks against the reference. `parts`: which groups to time
+    (fwd3: sequential forward, bwd2: the default backward's configs, bwd3: sequential backward)."""
     check = scan_inputs(8, 2048)
     ref = _scan_outputs(check)
     # version 2's forward configs were swept already (kernels/NOTES.md); version 3 (sequential in
     # time, BYTELM_SCAN_FWD=seq): channels per program x warps x programs per SM
+    if "fwd3" in parts:
+        _sweep_forward_v3(check, ref)
+    if "bwd2" in parts:
+        _sweep_backward_v2(check, ref)
+    if "bwd3" in parts:
+        _sweep_backward_v3(check, ref)
+
+
+def _sweep_forward_v3(check, ref) -> None:
+    from bytelm.kernels.selective_scan import triton_fwd
     os.environ["BYTELM_SCAN_FWD"] = "seq"
     _sweep_forward("forward version 3 (sequential)", triton_fwd.SEQ_CFG, [
         dict(BLOCK_D=32, num_warps=1, programs_per_sm=4),
@@ -236,6 +243,12 @@ def selective_scan_sweep() -> None:
         dict(BLOCK_D=128, num_warps=4, programs_per_sm=2),
         dict(BLOCK_D=16, num_warps=1, programs_per_sm=8)], check, ref)
     os.environ.pop("BYTELM_SCAN_FWD")
+
+
+def _sweep_backward_v2(check, ref) -> None:
+    from bytelm.kernels.selective_scan import triton_bwd
+    from bytelm.kernels.selective_scan.triton_op import selective_scan
+    bwd0 = dict(triton_bwd.BWD_CFG)
     print("\nsweep: backward configs, fwd+bwd ms")
     for c in [dict(BLOCK_D=4, BLOCK_L=128, num_warps=4, LEAN=True),
               dict(BLOCK_D=4, BLOCK_L=256, num_warps=4, LEAN=True),
@@ -249,6 +262,10 @@ def selective_scan_sweep() -> None:
         print(f"  {c}: " + "  ".join(f"{m:.3f}" for m in ms) + f"  agree {agree:.1e}", flush=True)
     triton_bwd.BWD_CFG.clear()
     triton_bwd.BWD_CFG.update(bwd0)
+
+
+def _sweep_backward_v3(check, ref) -> None:
+    from bytelm.kernels.selective_scan.triton_op import selective_scan
     # version 3 of the backward (sequential in time, BYTELM_SCAN_BWD=seq): channels per program,
     # warps, chunk length, persistent programs per SM; the forward stays the default
     from bytelm.kernels.selective_scan import triton_bwd_seq
@@ -292,12 +309,15 @@ def main() -> None:
                    help="seconds allowed for compiling+timing each family's reference")
     p.add_argument("--sweep", action="store_true", help="also time tile-shape variants")
     p.add_argument("--sweep-only", action="store_true", help="time the variants, skip the table")
+    p.add_argument("--sweep-parts", default="fwd3,bwd2,bwd3",
+                   help="comma-separated sweep groups: fwd3 (sequential forward), bwd2 (default "
+                        "backward's configs), bwd3 (sequential backward)")
     args = p.parse_args()
     assert torch.cuda.is_available(), "bench_kernels.py times GPU kernels: run it on the GPU machine"
     if args.sweep or args.sweep_only:
         for op in args.ops:
             if op in SWEEPS:
-                SWEEPS[op]()
+                SWEEPS[op](tuple(args.sweep_parts.split(",")))
     if args.sweep_only:
         return
     rows = []
