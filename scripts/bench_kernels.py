@@ -249,7 +249,8 @@ def _sweep_backward_v2(check, ref) -> None:
     from bytelm.kernels.selective_scan import triton_bwd
     from bytelm.kernels.selective_scan.triton_op import selective_scan
     bwd0 = dict(triton_bwd.BWD_CFG)
-    print("\nsweep: backward configs, fwd+bwd ms")
+    os.environ["BYTELM_SCAN_BWD"] = "chunked"
+    print("\nsweep: backward version 2 (chunked) configs, fwd+bwd ms")
     for c in [dict(BLOCK_D=4, BLOCK_L=128, num_warps=4, LEAN=True),
               dict(BLOCK_D=4, BLOCK_L=256, num_warps=4, LEAN=True),
               dict(BLOCK_D=4, BLOCK_L=128, num_warps=4, LEAN=False)]:
@@ -262,6 +263,7 @@ def _sweep_backward_v2(check, ref) -> None:
         print(f"  {c}: " + "  ".join(f"{m:.3f}" for m in ms) + f"  agree {agree:.1e}", flush=True)
     triton_bwd.BWD_CFG.clear()
     triton_bwd.BWD_CFG.update(bwd0)
+    os.environ.pop("BYTELM_SCAN_BWD")
 
 
 def _sweep_backward_v3(check, ref) -> None:

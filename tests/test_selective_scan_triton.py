@@ -133,10 +133,11 @@ def test_scan_bf16_matches_reference(L):
 
 @pytest.mark.parametrize("opts", [dict(seq=True), dict(z=False, D=False, bias=False)])
 def test_lean_backward_variant_matches_reference(monkeypatch, opts):
-    """The LEAN backward (re-reads u, dout, z, Δ after the state loop) is not the default yet;
-    it must still be exact."""
+    """Version 2's LEAN variant (re-reads u, dout, z, Δ after the state loop; opt-in) must
+    still be exact."""
     from bytelm.kernels.selective_scan import triton_bwd
 
+    monkeypatch.setenv("BYTELM_SCAN_BWD", "chunked")
     for cfg in (triton_bwd.BWD_CFG, triton_bwd.BWD_CFG_INTERP):
         monkeypatch.setitem(cfg, "LEAN", True)
     opts = dict(opts)
@@ -248,11 +249,11 @@ SEQ_BWD_CASES = [
 
 
 @pytest.mark.parametrize("L,groups,chunk,opts", SEQ_BWD_CASES)
-def test_sequential_backward_variant_matches_reference(monkeypatch, L, groups, chunk, opts):
-    """Version 3 of the backward (BYTELM_SCAN_BWD=seq, opt-in until timed on a GPU): every
-    gradient against float64 over several chunks (chunk_states + the persistent programs, each
-    taking several work items and reusing its scratch slot), documents, groups, no z / D / bias."""
-    monkeypatch.setenv("BYTELM_SCAN_BWD", "seq")
+def test_chunked_backward_variant_matches_reference(monkeypatch, L, groups, chunk, opts):
+    """Version 2 of the backward (BYTELM_SCAN_BWD=chunked; the default, version 3, runs in every
+    other test here): every gradient against float64 over several chunks, documents, groups,
+    no z / D / bias, with and without the output and final-state gradients."""
+    monkeypatch.setenv("BYTELM_SCAN_BWD", "chunked")
     opts = dict(opts)
     seq, grad_y, grad_final = opts.pop("seq", False), opts.pop("grad_y", True), opts.pop("grad_final", True)
     inputs = make_inputs(2, DIM, NSTATE, L, groups, torch.float32, **opts)
@@ -260,7 +261,22 @@ def test_sequential_backward_variant_matches_reference(monkeypatch, L, groups, c
                chunk_size=chunk, grad_y=grad_y, grad_final=grad_final)
 
 
-def test_sequential_backward_variant_bf16(monkeypatch):
-    monkeypatch.setenv("BYTELM_SCAN_BWD", "seq")
+def test_chunked_backward_variant_bf16(monkeypatch):
+    monkeypatch.setenv("BYTELM_SCAN_BWD", "chunked")
     check_scan(make_inputs(2, DIM, NSTATE, LENGTHS[-1], 2, torch.bfloat16), torch.bfloat16,
                chunk_size=None if CUDA else 16)
+
+
+def test_backward_version_switch(monkeypatch):
+    """BYTELM_SCAN_BWD: unset or seq is version 3, chunked version 2; anything else is a one-line
+    UserError naming the two values."""
+    from bytelm.errors import UserError
+    from bytelm.kernels.selective_scan.triton_bwd import backward_version
+
+    monkeypatch.delenv("BYTELM_SCAN_BWD", raising=False)
+    assert backward_version() == "seq"
+    monkeypatch.setenv("BYTELM_SCAN_BWD", " Chunked ")
+    assert backward_version() == "chunked"
+    monkeypatch.setenv("BYTELM_SCAN_BWD", "v2")
+    with pytest.raises(UserError, match="not seq or chunked"):
+        backward_version()

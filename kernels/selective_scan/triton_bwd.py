@@ -1,4 +1,7 @@
-"""Mamba-1 selective scan in Triton: backward.
+"""Mamba-1 selective scan in Triton: backward, version 2 (chunked tiles; BYTELM_SCAN_BWD=chunked).
+
+The default backward is version 3, sequential in time (triton_bwd_seq.py): 1.4-1.5x faster on
+an H200 at the ANCHORS shapes (kernels/NOTES.md, 2026-12-02). `scan_bwd` dispatches.
 
 Gradients, per (b, d, n, t), with dh_t = dL/dh_t (total) and dy_t = dL/dy_t before the gate:
     dh_t = C_t[n] dy_t + a_{t+1} dh_{t+1}            (dh at the sequence end += dL/dfinal_state)
@@ -25,6 +28,7 @@ import os
 import triton
 import triton.language as tl
 
+from bytelm.errors import UserError
 from bytelm.kernels.selective_scan import triton_fwd
 from bytelm.kernels.selective_scan.triton_bwd_seq import scan_bwd_seq
 from bytelm.kernels.selective_scan.triton_fwd import (
@@ -164,6 +168,18 @@ def _bwd_kernel(
             tl.store(dh0_ptr + i_b64 * dim * N + o_dn, b_dh0, mask=m_dn)
 
 
+BWD_ENV = "BYTELM_SCAN_BWD"
+
+
+def backward_version() -> str:
+    """'seq' (version 3, triton_bwd_seq.py; the default) or 'chunked' (version 2, this file)."""
+    value = os.environ.get(BWD_ENV, "").strip().lower() or "seq"
+    if value not in ("seq", "chunked"):
+        raise UserError(f"{BWD_ENV}={os.environ.get(BWD_ENV)!r} is not seq or chunked; unset it "
+                        "(the sequential backward) or set it to chunked (version 2)")
+    return value
+
+
 # One program per (channel block, chunk of BLOCK_L steps, row): the chunk is one register tile.
 BWD_CFG = dict(BLOCK_D=4, BLOCK_L=128, num_warps=4, LEAN=False)
 BWD_CFG_INTERP = dict(BLOCK_D=4, BLOCK_L=8, num_warps=1, LEAN=False)
@@ -174,8 +190,8 @@ def scan_bwd(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, initia
     """(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state); inputs normalized as in
     scan_fwd, dout contiguous (batch, dim, L), dfinal (batch, dim, N) fp32 or None.
     chunk_size does not apply: the backward's chunk is its tile (BWD_CFG["BLOCK_L"]).
-    BYTELM_SCAN_BWD=seq runs the sequential-in-time version 3 (triton_bwd_seq.py)."""
-    if os.environ.get("BYTELM_SCAN_BWD", "") == "seq":
+    BYTELM_SCAN_BWD (backward_version()) picks version 3 (seq, the default) or 2 (chunked)."""
+    if backward_version() == "seq":
         return scan_bwd_seq(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus,
                             initial_state, seq_idx, chunk_size, need_dh0)
     c = cfg(BWD_CFG, BWD_CFG_INTERP)

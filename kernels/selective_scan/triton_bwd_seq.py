@@ -1,4 +1,5 @@
-"""Mamba-1 selective scan backward, version 3: sequential in time (opt-in, BYTELM_SCAN_BWD=seq).
+"""Mamba-1 selective scan backward, version 3: sequential in time (the default;
+BYTELM_SCAN_BWD=chunked selects version 2, triton_bwd.py).
 
 The gradients are those of triton_bwd.py (its docstring has the formulas); what changes is the
 work split, the one of the sequential forward (`_fwd_seq_kernel`): a program owns BLOCK_D
@@ -226,7 +227,10 @@ def _bwd_seq_kernel(
 
 
 # Channels per program, warps, steps per chunk (a multiple of 8), persistent programs per SM.
-SEQ_BWD_CFG = dict(BLOCK_D=32, num_warps=2, T=256, programs_per_sm=4)
+# H200, 2026-12-02 (scripts/bench_kernels.py --sweep-parts bwd3), fwd+bwd ms at 8x2048 / 2x8192
+# / 1x32768: (16, 1 warp, 256, 8/SM) 8.71 / 9.02 / 19.19; (32, 2, 256, 4) 9.73 / 10.06 / 21.29;
+# (32, 1, 256, 8) 19.26 / 19.53 / 40.69. Version 2: 12.67 / 12.98 / 27.01.
+SEQ_BWD_CFG = dict(BLOCK_D=16, num_warps=1, T=256, programs_per_sm=8)
 SEQ_BWD_CFG_INTERP = dict(BLOCK_D=8, num_warps=1, T=16, programs_per_sm=3)
 
 
