@@ -25,6 +25,9 @@
 #   PROFILE=paper             the papers' step counts, batch sizes and learning rates, no time
 #                             budget: hours per run (SC alone is 400K steps of 64 x 4112 tokens).
 #   TIME_SCALE=F              multiply every time budget (default 1)
+#   PARALLEL=1                the MQAR stages train their three Mamba-2 models at once (each is
+#                             launch-bound and leaves the GPU mostly idle; the time budgets
+#                             then buy the same wall time for all three)
 #   DEVICE=cuda               --device for every run; EXTRA_ARGS: options appended to every run
 #                             (the last occurrence wins), e.g. a CPU dry run of the plumbing:
 #                             DEVICE=cpu EXTRA_ARGS="--seq-len 32 --steps 3 --batch-size 2
@@ -131,9 +134,15 @@ stage_ih_extra() {
 stage_mqar() {  # one training length: Mamba-2 at N = 16, 64, 256, then attention
   local L=$1
   for n in 16 64 256; do
-    run "mqar-$L-mamba2-n$n" 90 100000 1e-3 1e-3 mqar --model mamba2 --d-state "$n" --seq-len "$L" \
-      --batch-size 64 --stop-at-accuracy 0.999
+    if [ "${PARALLEL:-0}" = 1 ]; then  # the three small models side by side on one GPU
+      run "mqar-$L-mamba2-n$n" 90 100000 1e-3 1e-3 mqar --model mamba2 --d-state "$n" --seq-len "$L" \
+        --batch-size 64 --stop-at-accuracy 0.999 &
+    else
+      run "mqar-$L-mamba2-n$n" 90 100000 1e-3 1e-3 mqar --model mamba2 --d-state "$n" --seq-len "$L" \
+        --batch-size 64 --stop-at-accuracy 0.999
+    fi
   done
+  wait
   run "mqar-$L-transformer" 60 100000 5e-4 1e-3 mqar --model transformer --seq-len "$L" \
     --batch-size 64 --stop-at-accuracy 0.999
 }

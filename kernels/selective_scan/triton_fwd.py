@@ -204,15 +204,17 @@ def _chunk_carry_kernel(
 @triton.jit
 def _fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, seq_ptr,
-    h0_ptr, y_ptr, final_ptr,
-    dim, L, T, dpg,
+    h0_ptr, y_ptr, final_ptr, ck_ptr,
+    dim, L, T, dpg, NT,
     s_ub, s_ud, s_db, s_dd, s_zb, s_zd, s_Bb, s_Bg, s_Bn, s_Cb, s_Cg, s_Cn,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_SEQ: tl.constexpr, HAS_H0: tl.constexpr, HAS_FINAL: tl.constexpr, N: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
+    HAS_SEQ: tl.constexpr, HAS_H0: tl.constexpr, HAS_FINAL: tl.constexpr, HAS_CK: tl.constexpr,
+    N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     """y for one (channel block, chunk, batch row), starting from h0[b, chunk] (zeros if absent).
     y is (batch, dim, L) contiguous; final_state written by the last chunk's programs.
+    HAS_CK: the state before each tile also goes to ck (batch, NT tiles, dim, N) fp32, for the
+    sequential backward (its chunks are these tiles: no forward recomputation of chunk states).
     Per tile: Δ, u, z loaded once as (BLOCK_D, BLOCK_L); then for each state n (static loop) one
     2-D scan along time, y += C_n h_n, and the state's last column kept as the next tile's carry."""
     i_d, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -249,6 +251,8 @@ def _fwd_kernel(
         o_t = t0 + tl.arange(0, BLOCK_L)
         m_t = o_t < t_hi
         m_dt = m_d[:, None] & m_t[None, :]
+        if HAS_CK:
+            tl.store(ck_ptr + (i_b64 * NT + t0 // BLOCK_L) * dim * N + o_dn, b_h, mask=m_dn)
         b_dt, _ = _delta_tile(p_delta + o_t[None, :], m_dt, b_bias, SOFTPLUS)
         reset = _reset_tile(seq_ptr + i_b64 * L, o_t, m_t, HAS_SEQ)
         b_u = tl.load(p_u + o_t[None, :], mask=m_dt, other=0.0).to(tl.float32)
@@ -577,13 +581,16 @@ def chunk_states(u, delta, A, B, C, z, dout, delta_bias, softplus, seq_idx, T, n
 
 
 def scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, seq_idx, chunk_size,
-             want_final):
-    """y (batch, dim, L) in u's dtype, and final_state (batch, dim, N) fp32 or None.
+             want_final, save_states=False):
+    """(y, final_state, saved): y (batch, dim, L) in u's dtype, final_state (batch, dim, N) fp32
+    or None; with save_states, saved = (states, T): the state before every T-step tile, (batch,
+    cdiv(L, T), dim, N) fp32 (T = BLOCK_L; 1/8 of a bf16 (batch, dim, L) tensor at T 256, N 16),
+    for the sequential backward; else None.
     Inputs already normalized by triton_op.py (B, C 4-D, unit stride along L, fp32 A/D/bias).
-    BYTELM_SCAN_FWD=seq runs the sequential-in-time version 3 (`scan_fwd_seq`)."""
+    BYTELM_SCAN_FWD=seq runs the sequential-in-time version 3 (`scan_fwd_seq`, saves nothing)."""
     if os.environ.get("BYTELM_SCAN_FWD", "") == "seq":
         return scan_fwd_seq(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, seq_idx,
-                            chunk_size, want_final)
+                            chunk_size, want_final) + (None,)
     c = cfg(FWD_CFG, FWD_CFG_INTERP)
     batch, dim, L, G, N, dpg, BD, BN, nbd = launch_dims(u, B, c["BLOCK_D"])
     BL = c["BLOCK_L"]
@@ -597,18 +604,22 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, seq_i
         h0 = initial_state
     y = new_empty(batch, dim, L, device=u.device, dtype=u.dtype)
     final = new_empty(batch, dim, N, device=u.device, dtype=torch.float32) if want_final else None
+    NT = triton.cdiv(L, BL)
+    ck = new_empty(batch, NT, dim, N, device=u.device, dtype=torch.float32) if save_states else None
     _fwd_kernel[(nbd, nc, batch)](
         u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
         delta_bias if delta_bias is not None else u, seq_idx if seq_idx is not None else u,
         h0 if h0 is not None else u, y, final if final is not None else u,
-        dim, L, T, dpg,
+        ck if ck is not None else u,
+        dim, L, T, dpg, NT,
         u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
         z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0,
         *bc_strides(B), *bc_strides(C),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=softplus, HAS_SEQ=seq_idx is not None, HAS_H0=h0 is not None,
-        HAS_FINAL=final is not None, N=N, BLOCK_D=BD, BLOCK_N=BN, BLOCK_L=BL, num_warps=c["num_warps"])
-    return y, final
+        HAS_FINAL=final is not None, HAS_CK=ck is not None, N=N, BLOCK_D=BD, BLOCK_N=BN,
+        BLOCK_L=BL, num_warps=c["num_warps"])
+    return y, final, (None if ck is None else (ck, BL))
 
 
 # Version 3: channels per program and warps; the chunk length is a multiple of 8 steps.

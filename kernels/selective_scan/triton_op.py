@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from bytelm.kernels.selective_scan.triton_bwd import scan_bwd
+from bytelm.kernels.selective_scan.triton_bwd import backward_version, scan_bwd
 from bytelm.kernels.selective_scan.triton_fwd import scan_fwd, state_update
 
 
@@ -37,9 +37,12 @@ class SelectiveScanFn(torch.autograd.Function):
         assert B4.shape[1] == C4.shape[1], "B and C must have the same number of groups"
         A32, D32, bias32, h0 = _f32(A), _f32(D), _f32(delta_bias), _f32(initial_state)
         seq = seq_idx.to(torch.int32).contiguous() if seq_idx is not None else None
-        y, final = scan_fwd(u, delta, A32, B4, C4, D32, z, bias32, bool(delta_softplus), h0, seq,
-                            chunk_size, want_final=True)
-        ctx.save_for_backward(u, delta, A32, B4, C4, D32, z, bias32, h0, seq)
+        # the sequential backward starts each chunk from the forward's saved state
+        keep = backward_version() == "seq" and any(getattr(ctx, "needs_input_grad", (True,)))
+        y, final, saved = scan_fwd(u, delta, A32, B4, C4, D32, z, bias32, bool(delta_softplus), h0,
+                                   seq, chunk_size, want_final=True, save_states=keep)
+        states, ctx.states_T = saved if saved is not None else (None, None)
+        ctx.save_for_backward(u, delta, A32, B4, C4, D32, z, bias32, h0, seq, states)
         ctx.meta = (bool(delta_softplus), chunk_size, squeeze_groups,
                     A.dtype, None if D is None else D.dtype, B.dtype, C.dtype,
                     None if delta_bias is None else delta_bias.dtype,
@@ -48,7 +51,7 @@ class SelectiveScanFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dfinal):
-        u, delta, A32, B4, C4, D32, z, bias32, h0, seq = ctx.saved_tensors
+        u, delta, A32, B4, C4, D32, z, bias32, h0, seq, states = ctx.saved_tensors
         softplus, chunk_size, squeeze, A_dt, D_dt, B_dt, C_dt, bias_dt, h0_dt = ctx.meta
         if dy is None:
             dy = torch.zeros_like(u)
@@ -57,7 +60,7 @@ class SelectiveScanFn(torch.autograd.Function):
         need_dh0 = h0 is not None and ctx.needs_input_grad[8]
         du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = scan_bwd(
             dy, dfinal, u, delta, A32, B4, C4, D32, z, bias32, softplus, h0, seq, chunk_size,
-            need_dh0)
+            need_dh0, None if states is None else (states, ctx.states_T))
         if squeeze:
             dB, dC = dB.squeeze(1), dC.squeeze(1)
         return (du, ddelta, dA.to(A_dt), dB.to(B_dt), dC.to(C_dt),

@@ -181,6 +181,20 @@ def _chunk_out_kernel(
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def tile_widths(headdim: int, dstate: int) -> tuple[int, int]:
+    """(BLOCK_P, BLOCK_N): the head and state widths of the tiles, powers of two >= 16, or >=
+    BYTELM_SSD_MIN_BLOCK when set (a workaround switch for the Hopper tl.dot illegal-address
+    bug at small tiles, kernels/NOTES.md "SSD at the synthetic models' shapes")."""
+    least = int(os.environ.get("BYTELM_SSD_MIN_BLOCK", "") or 16)
+    return max(least, triton.next_power_of_2(headdim)), max(least, triton.next_power_of_2(dstate))
+
+
+def warps(default: int) -> int:
+    """num_warps of the SSD tile kernels: `default`, or BYTELM_SSD_WARPS when set (the same
+    workaround switch as tile_widths)."""
+    return int(os.environ.get("BYTELM_SSD_WARPS", "") or default)
+
+
 def _prec(x):
     return "ieee" if x.dtype in (torch.float32, torch.float64) else "tf32"
 
@@ -200,7 +214,7 @@ def ssd_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_stat
     states = torch.empty(batch * nheads, nc, headdim, dstate, device=dev, dtype=f32)
     chunk_decay = torch.empty(batch * nheads, nc, device=dev, dtype=f32)
     final = torch.empty(batch, nheads, headdim, dstate, device=dev, dtype=f32)
-    bp, bn = max(16, triton.next_power_of_2(headdim)), max(16, triton.next_power_of_2(dstate))
+    bp, bn = tile_widths(headdim, dstate)
     prec = _prec(x)
     _chunk_state_kernel[(nc, batch * nheads)](
         x, dt, A, B, dt_bias, seg, dt_buf, cum_buf, states, chunk_decay,
@@ -209,7 +223,7 @@ def ssd_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_stat
         P=headdim, N=dstate, Q=Q, BLOCK_P=bp, BLOCK_N=bn,
         HAS_DT_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, HAS_SEG=seg is not None,
         PREC=prec, F32=INTERPRET,
-        num_warps=8 if Q >= 128 else 4,
+        num_warps=warps(8 if Q >= 128 else 4),
     )
     init = initial_state.float().contiguous() if initial_state is not None else None
     pn = headdim * dstate
@@ -230,7 +244,7 @@ def chunk_out(x, B, C, z, D, seg, bufs, Q):
     ngroups, dstate = B.shape[2], B.shape[3]
     nc = triton.cdiv(seqlen, Q)
     dt_buf, cum_buf, states = bufs
-    bp, bn = max(16, triton.next_power_of_2(headdim)), max(16, triton.next_power_of_2(dstate))
+    bp, bn = tile_widths(headdim, dstate)
     y = torch.empty_like(x)
     block_q = min(64, Q)
     zs = z.stride() if z is not None else (0, 0, 0, 0)
@@ -240,7 +254,7 @@ def chunk_out(x, B, C, z, D, seg, bufs, Q):
         *x.stride(), *B.stride(), *C.stride(), *zs, *y.stride(),
         P=headdim, N=dstate, Q=Q, BLOCK_Q=block_q, BLOCK_P=bp, BLOCK_N=bn,
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None,
-        HAS_SEG=seg is not None, PREC=_prec(x), F32=INTERPRET, num_warps=4,
+        HAS_SEG=seg is not None, PREC=_prec(x), F32=INTERPRET, num_warps=warps(4),
     )
     return y
 
