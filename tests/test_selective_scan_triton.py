@@ -191,8 +191,8 @@ def test_public_function_dispatches_to_triton(monkeypatch):
     monkeypatch.setenv("BYTELM_KERNELS", "triton")
     inputs = make_inputs(2, DIM, NSTATE, 17, 1, torch.float32)
     calls = []
-    real = triton_fwd._fwd_kernel.run
-    monkeypatch.setattr(triton_fwd._fwd_kernel, "run", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = triton_fwd._fwd_seq_kernel.run
+    monkeypatch.setattr(triton_fwd._fwd_seq_kernel, "run", lambda *a, **k: calls.append(1) or real(*a, **k))
     y = public_scan(**inputs, delta_softplus=True)
     assert calls, "the public selective_scan did not run the Triton forward kernel"
     assert rel_err(y, selective_scan_ref(**inputs, delta_softplus=True)) < 1e-5
@@ -209,10 +209,11 @@ SEQ_FWD_CASES = [
 
 
 @pytest.mark.parametrize("L,groups,chunk,opts", SEQ_FWD_CASES)
-def test_sequential_forward_variant_matches_reference(monkeypatch, L, groups, chunk, opts):
-    """Version 3 of the forward (BYTELM_SCAN_FWD=seq, opt-in until timed on a GPU): y and the
-    final state against float64, with chunking (its LOCAL pass + carry), documents, groups."""
-    monkeypatch.setenv("BYTELM_SCAN_FWD", "seq")
+def test_chunked_forward_variant_matches_reference(monkeypatch, L, groups, chunk, opts):
+    """Version 2 of the forward (BYTELM_SCAN_FWD=chunked; the default, version 3, runs in every
+    other test here): y and the final state against float64, with chunking (chunk_states + carry),
+    documents, groups."""
+    monkeypatch.setenv("BYTELM_SCAN_FWD", "chunked")
     opts = dict(opts)
     seq = opts.pop("seq", False)
     inputs = make_inputs(2, DIM, NSTATE, L, groups, torch.float32, **opts)
@@ -228,8 +229,10 @@ def test_sequential_forward_variant_matches_reference(monkeypatch, L, groups, ch
         (rel_err(y, y_ref), rel_err(final, final_ref))
 
 
-def test_sequential_forward_variant_bf16_and_gradients(monkeypatch):
-    monkeypatch.setenv("BYTELM_SCAN_FWD", "seq")
+def test_chunked_forward_variant_bf16_and_gradients(monkeypatch):
+    """Version 2's forward with the default backward: the states it saves for the backward (one
+    per BLOCK_L tile) are the backward's chunk starts."""
+    monkeypatch.setenv("BYTELM_SCAN_FWD", "chunked")
     L = LENGTHS[-1]
     check_scan(make_inputs(2, DIM, NSTATE, L, 2, torch.bfloat16), torch.bfloat16,
                chunk_size=None if CUDA else 16)
@@ -267,16 +270,41 @@ def test_chunked_backward_variant_bf16(monkeypatch):
                chunk_size=None if CUDA else 16)
 
 
-def test_backward_version_switch(monkeypatch):
-    """BYTELM_SCAN_BWD: unset or seq is version 3, chunked version 2; anything else is a one-line
-    UserError naming the two values."""
+@pytest.mark.parametrize("env", ["BYTELM_SCAN_FWD", "BYTELM_SCAN_BWD"])
+def test_version_switches(monkeypatch, env):
+    """BYTELM_SCAN_FWD / _BWD: unset or seq is version 3, chunked version 2; anything else is a
+    one-line UserError naming the two values."""
     from bytelm.errors import UserError
     from bytelm.kernels.selective_scan.triton_bwd import backward_version
 
-    monkeypatch.delenv("BYTELM_SCAN_BWD", raising=False)
-    assert backward_version() == "seq"
-    monkeypatch.setenv("BYTELM_SCAN_BWD", " Chunked ")
-    assert backward_version() == "chunked"
-    monkeypatch.setenv("BYTELM_SCAN_BWD", "v2")
+    version = triton_fwd.forward_version if env.endswith("FWD") else backward_version
+    monkeypatch.delenv(env, raising=False)
+    assert version() == "seq"
+    monkeypatch.setenv(env, " Chunked ")
+    assert version() == "chunked"
+    monkeypatch.setenv(env, "v2")
     with pytest.raises(UserError, match="not seq or chunked"):
-        backward_version()
+        version()
+
+
+@pytest.mark.parametrize("seq", [False, True])
+def test_sequential_backward_with_one_chunk_per_group(monkeypatch, seq):
+    """Many persistent programs wanted: every chunk is its own group, so the gradient entering
+    each group comes from `group_grads` (the reverse local pass + carry) across several groups,
+    including the decay of each group's right-hand neighbour's first step and document starts."""
+    from bytelm.kernels.selective_scan import triton_bwd_seq
+
+    for c in (triton_bwd_seq.SEQ_BWD_CFG, triton_bwd_seq.SEQ_BWD_CFG_INTERP):
+        monkeypatch.setitem(c, "programs_per_sm", 4096)
+    calls = []
+    real = triton_bwd_seq.group_grads
+    monkeypatch.setattr(triton_bwd_seq, "group_grads", lambda *a, **k: calls.append(a[10]) or real(*a, **k))
+    L = LENGTHS[-1]
+    inputs = make_inputs(2, DIM, NSTATE, L, 1, torch.float32)
+    seq_idx = None
+    if seq:  # documents starting exactly at a chunk start (2 T) and mid-chunk (T + 5)
+        T = triton_fwd.SEQ_CK_T["gpu" if CUDA else "interp"]
+        t = torch.arange(L, device=DEVICE)
+        seq_idx = torch.stack([(t >= 2 * T).int() + (t >= 2 * T + 9).int(), (t >= T + 5).int()])
+    check_scan(inputs, torch.float32, seq_idx=seq_idx)
+    assert calls and calls[0] >= 3, calls  # groups

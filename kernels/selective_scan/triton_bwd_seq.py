@@ -28,8 +28,8 @@ import triton.language as tl
 
 from bytelm.kernels.selective_scan import triton_fwd
 from bytelm.kernels.selective_scan.triton_fwd import (
-    LOG2E, _cols8, _delta_tile, _join8, _keep_tile, _reset_tile, bc_strides, cfg, chunk_states, launch_dims,
-    sm_count,
+    LOG2E, _chunk_carry_kernel, _cols8, _delta_tile, _join8, _keep_tile, _reset_tile, bc_strides, cfg,
+    chunk_states, launch_dims, sm_count,
 )
 
 
@@ -231,6 +231,122 @@ def _bwd_seq_kernel(
                 tl.store(dh0_ptr + i_b64 * dim * N + o_dn, a_next * b_dh, mask=m_dn)
 
 
+@triton.jit
+def _bwd_local_seq_kernel(
+    delta_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, seq_ptr, dout_ptr, gloc_ptr, gdec_ptr,
+    dim, L, T, dpg,
+    s_db, s_dd, s_zb, s_zd, s_Cb, s_Cg, s_Cn,
+    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_SEQ: tl.constexpr,
+    N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Per (channel block, chunk of T steps, row), walking the chunk last to first 8 steps at a
+    time: gloc = dL/dh at the chunk's first step from the chunk's own outputs (zero gradient
+    entering from the right: g = a_{t+1} g + C_t dy_t, one exp2 per (channel, state, step)), and
+    gdec = Π a_s over s in (t_lo, t_hi], the factor carrying the right-hand gradient in
+    (exp2(A ΣΔ), 0 if a document starts in that range). The reverse `_chunk_carry_kernel`
+    turns them into the gradient entering each chunk: chunk_states(bwd=True)'s contract."""
+    i_d, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    nc = tl.num_programs(1)
+    i_b64 = i_b.to(tl.int64)
+    o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    m_d = o_d < dim
+    o_n = tl.arange(0, BLOCK_N)
+    m_n = o_n < N
+    i_g = (i_d * BLOCK_D) // dpg
+    m_dn = m_d[:, None] & m_n[None, :]
+    o_dn = o_d[:, None] * N + o_n[None, :]
+    b_A2 = tl.load(A_ptr + o_dn, mask=m_dn, other=0.0).to(tl.float32) * LOG2E
+    if HAS_BIAS:
+        b_bias = tl.load(bias_ptr + o_d, mask=m_d, other=0.0).to(tl.float32)
+    else:
+        b_bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    t_lo = i_c * T
+    t_hi = tl.minimum(t_lo + T, L)
+    o_dl = o_d[:, None].to(tl.int64)
+    p_delta = delta_ptr + i_b64 * s_db + o_dl * s_dd
+    p_z = z_ptr + i_b64 * s_zb + o_dl * s_zd
+    p_dout = dout_ptr + i_b64 * dim * L + o_dl * L
+    p_C = C_ptr + i_b64 * s_Cb + i_g * s_Cg + o_n[:, None] * s_Cn
+    p_seq = seq_ptr + i_b64 * L
+    # the decay of step t_hi (the next chunk's first step; Δ reads as 0 past L)
+    m_hi = (t_hi < L) & m_d
+    b_dtn, _ = _delta_tile(p_delta + t_hi + tl.zeros([1, 1], dtype=tl.int32), m_hi[:, None],
+                           b_bias, SOFTPLUS)
+    b_dsum = tl.sum(b_dtn, 1)                            # Σ Δ over (t_lo, t_hi]
+    b_alive = tl.zeros([BLOCK_D], dtype=tl.float32) + 1.0
+    if HAS_SEQ:
+        reset_hi = _reset_tile(p_seq, t_hi + tl.zeros([1], dtype=tl.int32), t_hi < L, HAS_SEQ)
+        b_alive = b_alive * tl.where(tl.sum(reset_hi.to(tl.int32), 0) > 0, 0.0, 1.0)
+    b_g = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    a_nx = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)  # g starts at 0: its first factor is moot
+    n_tiles = tl.cdiv(t_hi - t_lo, 8)
+    for kk in range(0, n_tiles):
+        t0 = t_lo + 8 * (n_tiles - 1 - kk)
+        o_t = t0 + tl.arange(0, 8)
+        m_t = o_t < t_hi
+        m_dt = m_d[:, None] & m_t[None, :]
+        b_dt, _ = _delta_tile(p_delta + o_t[None, :], m_dt, b_bias, SOFTPLUS)
+        b_do = tl.load(p_dout + o_t[None, :], mask=m_dt, other=0.0).to(tl.float32)
+        if HAS_Z:
+            b_z = tl.load(p_z + o_t[None, :], mask=m_dt, other=0.0).to(tl.float32)
+            b_do = b_do * b_z * tl.sigmoid(b_z)
+        b_Ct = tl.load(p_C + o_t[None, :], mask=m_n[:, None] & m_t[None, :], other=0.0).to(tl.float32)
+        b_keep = _keep_tile(p_seq, o_t, m_t, HAS_SEQ, BLOCK_D)
+        inner = (o_t > t_lo)[None, :]
+        b_dsum += tl.sum(tl.where(inner, b_dt, 0.0), 1)
+        if HAS_SEQ:
+            b_alive *= tl.min(tl.where(inner, b_keep, 1.0), 1)
+        dt0, dt1, dt2, dt3, dt4, dt5, dt6, dt7 = _cols8(b_dt)
+        dy0, dy1, dy2, dy3, dy4, dy5, dy6, dy7 = _cols8(b_do)
+        k0, k1, k2, k3, k4, k5, k6, k7 = _cols8(b_keep)
+        C0, C1, C2, C3, C4, C5, C6, C7 = _cols8(b_Ct)
+        b_g, a_nx = _local_rev_step(b_g, a_nx, b_A2, dt7, dy7, k7, C7, HAS_SEQ)
+        b_g, a_nx = _local_rev_step(b_g, a_nx, b_A2, dt6, dy6, k6, C6, HAS_SEQ)
+        b_g, a_nx = _local_rev_step(b_g, a_nx, b_A2, dt5, dy5, k5, C5, HAS_SEQ)
+        b_g, a_nx = _local_rev_step(b_g, a_nx, b_A2, dt4, dy4, k4, C4, HAS_SEQ)
+        b_g, a_nx = _local_rev_step(b_g, a_nx, b_A2, dt3, dy3, k3, C3, HAS_SEQ)
+        b_g, a_nx = _local_rev_step(b_g, a_nx, b_A2, dt2, dy2, k2, C2, HAS_SEQ)
+        b_g, a_nx = _local_rev_step(b_g, a_nx, b_A2, dt1, dy1, k1, C1, HAS_SEQ)
+        b_g, a_nx = _local_rev_step(b_g, a_nx, b_A2, dt0, dy0, k0, C0, HAS_SEQ)
+    o_out = (i_b64 * nc + i_c) * dim * N + o_dn
+    tl.store(gloc_ptr + o_out, b_g, mask=m_dn)
+    tl.store(gdec_ptr + o_out, b_alive[:, None] * tl.exp2(b_dsum[:, None] * b_A2), mask=m_dn)
+
+
+@triton.jit
+def _local_rev_step(b_g, a_nx, b_A2, dt, dy, keep, b_C, HAS_SEQ: tl.constexpr):
+    """g_t = a_{t+1} g_{t+1} + C_t dy_t; returns (g_t, a_t)."""
+    b_g = a_nx * b_g + dy[:, None] * b_C[None, :]
+    b_a = tl.exp2(dt[:, None] * b_A2)
+    if HAS_SEQ:
+        b_a = b_a * keep[:, None]
+    return b_g, b_a
+
+
+def group_grads(u, delta, A, C, z, dout, delta_bias, softplus, seq_idx, T, nc, dfinal, BD,
+                num_warps):
+    """The gradient entering each chunk of T steps from the right, (batch, nc, dim, N) fp32:
+    `_bwd_local_seq_kernel` then the reverse `_chunk_carry_kernel` from dfinal."""
+    batch, dim, L = u.shape
+    G, N = C.shape[1], C.shape[2]
+    BN = triton.next_power_of_2(N)
+    f32 = dict(device=u.device, dtype=torch.float32)
+    gloc, gdec = triton_fwd.new_empty(batch, nc, dim, N, **f32), triton_fwd.new_empty(batch, nc, dim, N, **f32)
+    _bwd_local_seq_kernel[(triton.cdiv(dim, BD), nc, batch)](
+        delta, A, C, z if z is not None else u, delta_bias if delta_bias is not None else u,
+        seq_idx if seq_idx is not None else u, dout, gloc, gdec,
+        dim, L, T, dim // G,
+        delta.stride(0), delta.stride(1),
+        z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0, *bc_strides(C),
+        HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
+        HAS_SEQ=seq_idx is not None, N=N, BLOCK_D=BD, BLOCK_N=BN, num_warps=num_warps)
+    BDc = min(32, triton.next_power_of_2(dim))
+    _chunk_carry_kernel[(triton.cdiv(dim, BDc), batch)](
+        gloc, gdec, dfinal if dfinal is not None else gloc, dim, N, nc,
+        HAS_INIT=dfinal is not None, REVERSE=True, BLOCK_D=BDc, BLOCK_N=BN)
+    return gloc
+
+
 # Channels per program, warps, steps per chunk (a multiple of 8), persistent programs per SM.
 # H200, 2026-12-02 (scripts/bench_kernels.py --sweep-parts bwd3), fwd+bwd ms at 8x2048 / 2x8192
 # / 1x32768: (16, 1 warp, 256, 8/SM) 8.71 / 9.02 / 19.19; (32, 2, 256, 4) 9.73 / 10.06 / 21.29;
@@ -280,8 +396,8 @@ def scan_bwd_seq(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, in
     cpg = triton.cdiv(nc, ngrp)
     ngrp = triton.cdiv(nc, cpg)
     if ngrp > 1:
-        _, g = chunk_states(u, delta, A, B, C, z, dout, delta_bias, softplus, seq_idx, cpg * T, ngrp,
-                            fwd=False, bwd=True, dfinal=dfinal, **_chunk_states_cfg(u, B, cpg * T))
+        g = group_grads(u, delta, A, C, z, dout, delta_bias, softplus, seq_idx, cpg * T, ngrp,
+                        dfinal, BD, c["num_warps"])
     else:  # (batch, dim, N) reads as (batch, 1, dim, N)
         g = dfinal
     n_work = batch * ngrp * nbd

@@ -29,6 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
+from bytelm.errors import UserError
+
 LOG2E = tl.constexpr(1.4426950408889634)  # a constexpr: jit code may read it
 
 
@@ -326,20 +328,23 @@ def _seq_step(b_h, b_A2, dt, du, keep, b_B, b_C, HAS_SEQ: tl.constexpr):
 @triton.jit
 def _fwd_seq_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, seq_ptr,
-    h0_ptr, y_ptr, final_ptr, hloc_ptr, hdec_ptr,
-    dim, L, T, dpg,
+    h0_ptr, y_ptr, final_ptr, hloc_ptr, hdec_ptr, ck_ptr,
+    dim, L, T, dpg, TCK, NCK,
     s_ub, s_ud, s_db, s_dd, s_zb, s_zd, s_Bb, s_Bg, s_Bn, s_Cb, s_Cg, s_Cn,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_SEQ: tl.constexpr, HAS_H0: tl.constexpr, HAS_FINAL: tl.constexpr, LOCAL: tl.constexpr,
-    N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_CK: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """Version 3 forward (sequential in time; opt-in, BYTELM_SCAN_FWD=seq): one program per
+    """Version 3 forward (sequential in time; the default, BYTELM_SCAN_FWD=chunked selects
+    version 2, `_fwd_kernel`): one program per
     (channel block, chunk, batch row); the (BLOCK_D, N) state lives in registers and the chunk is
     walked 8 steps at a time: u, Δ, z as (BLOCK_D, 8) tiles (one 16-byte load per row in bf16),
     B and C as (N, 8) tiles, split into columns in registers, then 8 unrolled steps of
     exp2 + 2 FMA + the C reduction per (channel, state). No scan, no shuffles along time.
     LOCAL: the chunk pass of the chunked forward instead: start from zero, write the chunk's end
-    state (hloc) and total decay Π a_t (hdec, 0 after a document start), no y."""
+    state (hloc) and total decay Π a_t (hdec, 0 after a document start), no y.
+    HAS_CK (not LOCAL): the state before every TCK-th step also goes to ck (batch, NCK, dim, N)
+    fp32, the chunk start states of the sequential backward."""
     i_d, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     nc = tl.num_programs(1)
     i_b64 = i_b.to(tl.int64)
@@ -381,6 +386,9 @@ def _fwd_seq_kernel(
         b_u = tl.load(p_u + o_t[None, :], mask=m_dt, other=0.0).to(tl.float32)
         b_Bt = tl.load(p_B + o_t[None, :], mask=m_nt, other=0.0).to(tl.float32)
         b_keep = _keep_tile(seq_ptr + i_b64 * L, o_t, m_t, HAS_SEQ, BLOCK_D)
+        if HAS_CK:
+            if t0 % TCK == 0:
+                tl.store(ck_ptr + (i_b64 * NCK + t0 // TCK) * dim * N + o_dn, b_h, mask=m_dn)
         if LOCAL:
             b_dsum += tl.sum(b_dt, 1)
             b_alive *= tl.min(b_keep, 1)
@@ -587,10 +595,11 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, seq_i
     cdiv(L, T), dim, N) fp32 (T = BLOCK_L; 1/8 of a bf16 (batch, dim, L) tensor at T 256, N 16),
     for the sequential backward; else None.
     Inputs already normalized by triton_op.py (B, C 4-D, unit stride along L, fp32 A/D/bias).
-    BYTELM_SCAN_FWD=seq runs the sequential-in-time version 3 (`scan_fwd_seq`, saves nothing)."""
-    if os.environ.get("BYTELM_SCAN_FWD", "") == "seq":
+    BYTELM_SCAN_FWD (forward_version()): seq, the default, runs version 3 (`scan_fwd_seq`),
+    chunked version 2 (`_fwd_kernel`, below)."""
+    if forward_version() == "seq":
         return scan_fwd_seq(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, seq_idx,
-                            chunk_size, want_final) + (None,)
+                            chunk_size, want_final, save_states)
     c = cfg(FWD_CFG, FWD_CFG_INTERP)
     batch, dim, L, G, N, dpg, BD, BN, nbd = launch_dims(u, B, c["BLOCK_D"])
     BL = c["BLOCK_L"]
@@ -622,24 +631,48 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, seq_i
     return y, final, (None if ck is None else (ck, BL))
 
 
-# Version 3: channels per program and warps; the chunk length is a multiple of 8 steps.
-SEQ_CFG = dict(BLOCK_D=32, num_warps=1, programs_per_sm=4)
+FWD_ENV = "BYTELM_SCAN_FWD"
+
+
+def forward_version() -> str:
+    """'seq' (version 3, `_fwd_seq_kernel`; the default) or 'chunked' (version 2, `_fwd_kernel`)."""
+    value = os.environ.get(FWD_ENV, "").strip().lower() or "seq"
+    if value not in ("seq", "chunked"):
+        raise UserError(f"{FWD_ENV}={os.environ.get(FWD_ENV)!r} is not seq or chunked; unset it "
+                        "(the sequential forward) or set it to chunked (version 2)")
+    return value
+
+
+# Version 3: channels per program, warps, programs per SM (the chunk length is a multiple of 8
+# steps, chosen for about programs_per_sm x SMs programs). H200, 2026-12-02, ms at 8x2048 /
+# 2x8192 / 1x32768 (bench_kernels.py --sweep): BLOCK_D 32, 1 warp, 8/SM 0.538 / 0.673 / 2.996;
+# 16, 1, 8: 0.813 / 1.055 / 1.837; version 2 0.633 / 0.856 / 2.806. So 32 channels when batch x
+# dim gives >= 128 such blocks (no more than ~8 chunks per row), else 16 (SEQ_CFG_NARROW).
+SEQ_CFG = dict(BLOCK_D=32, num_warps=1, programs_per_sm=8)
+SEQ_CFG_NARROW = dict(BLOCK_D=16, num_warps=1, programs_per_sm=8)
 SEQ_CFG_INTERP = dict(BLOCK_D=8, num_warps=1, programs_per_sm=1)
+SEQ_CK_T = dict(gpu=256, interp=16)  # steps between the states saved for the backward
 
 
 def scan_fwd_seq(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, seq_idx,
-                 chunk_size, want_final):
+                 chunk_size, want_final, save_states=False):
     """scan_fwd with `_fwd_seq_kernel`: when batch x dim / BLOCK_D programs are too few, the
     same kernel in LOCAL mode gives each chunk's end state and decay, `_chunk_carry_kernel`
-    the chunk start states, then the kernel reruns each chunk writing y."""
+    the chunk start states, then the kernel reruns each chunk writing y (and, with
+    save_states, the state before every SEQ_CK_T-th step)."""
     c = cfg(SEQ_CFG, SEQ_CFG_INTERP)
+    if not interpreting() and u.shape[0] * u.shape[1] < 128 * SEQ_CFG["BLOCK_D"]:
+        c = SEQ_CFG_NARROW
     batch, dim, L, G, N, dpg, BD, BN, nbd = launch_dims(u, B, c["BLOCK_D"])
     T = chunk_steps(L, 8, chunk_size, batch * nbd, c["programs_per_sm"] * sm_count(u))
     nc = triton.cdiv(L, T)
     f32 = dict(device=u.device, dtype=torch.float32)
     y = new_empty(batch, dim, L, device=u.device, dtype=u.dtype)
     final = new_empty(batch, dim, N, **f32) if want_final else None
-    common = (dim, L, T, dpg, u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
+    TCK = SEQ_CK_T["interp" if interpreting() else "gpu"]
+    NCK = triton.cdiv(L, TCK)
+    ck = new_empty(batch, NCK, dim, N, **f32) if save_states else None
+    common = (dim, L, T, dpg, TCK, NCK, u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
               z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0,
               *bc_strides(B), *bc_strides(C))
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
@@ -650,18 +683,19 @@ def scan_fwd_seq(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, s
     h0 = initial_state
     if nc > 1:
         hloc, hdec = new_empty(batch, nc, dim, N, **f32), new_empty(batch, nc, dim, N, **f32)
-        _fwd_seq_kernel[(nbd, nc, batch)](*ins, u, u, u, hloc, hdec, *common, HAS_H0=False,
-                                          HAS_FINAL=False, LOCAL=True, **flags)
+        _fwd_seq_kernel[(nbd, nc, batch)](*ins, u, u, u, hloc, hdec, u, *common, HAS_H0=False,
+                                          HAS_FINAL=False, LOCAL=True, HAS_CK=False, **flags)
         BDc = min(32, triton.next_power_of_2(dim))
         _chunk_carry_kernel[(triton.cdiv(dim, BDc), batch)](
             hloc, hdec, initial_state if initial_state is not None else hloc, dim, N, nc,
             HAS_INIT=initial_state is not None, REVERSE=False, BLOCK_D=BDc, BLOCK_N=BN)
         h0 = hloc
     _fwd_seq_kernel[(nbd, nc, batch)](*ins, h0 if h0 is not None else u, y,
-                                      final if final is not None else u, u, u, *common,
+                                      final if final is not None else u, u, u,
+                                      ck if ck is not None else u, *common,
                                       HAS_H0=h0 is not None, HAS_FINAL=final is not None,
-                                      LOCAL=False, **flags)
-    return y, final
+                                      LOCAL=False, HAS_CK=ck is not None, **flags)
+    return y, final, (None if ck is None else (ck, TCK))
 
 
 def state_update(state, x, dt, A, B, C, D, z, dt_bias, softplus):
