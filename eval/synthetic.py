@@ -442,7 +442,7 @@ def results_table(results: list[dict]) -> str:
                 cells = {r["train_length"]: r for r in rows if (run_label(r), r["d_model"]) == key}
                 model = key[0].split()[0]
                 out.append(f"| {key[0]} | {key[1]} | " + " | ".join(
-                    _pct(cells[n]["accuracy"]) if n in cells else "" for n in lengths)
+                    _mqar_cell(cells[n]) if n in cells else "" for n in lengths)
                     + f" | {PAPER.get((task, model), '')} |")
         else:
             lengths = sorted({int(k) for r in rows for k in r["accuracy_by_length"]})
@@ -460,6 +460,12 @@ def results_table(results: list[dict]) -> str:
                "memory at batch 1. A curriculum run trained on shorter contexts first (doubling "
                "the length each time its train accuracy reached the threshold).")
     return "\n".join(out)
+
+
+def _mqar_cell(r: dict) -> str:
+    """Accuracy, the steps trained and why training stopped (time budget, accuracy target)."""
+    why = {"accuracy": ", accuracy stop", "time": ", time budget"}.get(r.get("stopped"), "")
+    return f"{_pct(r['accuracy'])} ({r['steps']:,} steps{why})"
 
 
 def _steps_cell(r: dict) -> str:

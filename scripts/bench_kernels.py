@@ -216,11 +216,12 @@ def _sweep_forward(title, cfg, configs, check, ref) -> None:
             cfg.update(saved)
 
 
-def selective_scan_sweep(parts=("fwd3", "bwd2", "bwd3")) -> None:
+def selective_scan_sweep(parts=("fwd3", "bwd2", "bwd3", "bwd31")) -> None:
     """Tile-shape variants of the forward and backward (printed, not in the main table). Each
     variant's y and gradients at 8x2048 are compared with the default configs' ("agree"), which
     gpu_check_selective_scan.py checks against the reference. `parts`: which groups to time
-    (fwd3: sequential forward, bwd2: the default backward's configs, bwd3: sequential backward)."""
+    (fwd3: sequential forward, bwd2: version 2 backward, bwd3: version 3 (sequential) backward,
+    bwd31: version 3.1 (grouped))."""
     check = scan_inputs(8, 2048)
     ref = _scan_outputs(check)
     # version 2's forward configs were swept already (kernels/NOTES.md); version 3 (sequential in
@@ -231,6 +232,8 @@ def selective_scan_sweep(parts=("fwd3", "bwd2", "bwd3")) -> None:
         _sweep_backward_v2(check, ref)
     if "bwd3" in parts:
         _sweep_backward_v3(check, ref)
+    if "bwd31" in parts:
+        _sweep_backward_v3(check, ref, grouped=True)
 
 
 def _sweep_forward_v3(check, ref) -> None:
@@ -266,20 +269,21 @@ def _sweep_backward_v2(check, ref) -> None:
     os.environ.pop("BYTELM_SCAN_BWD")
 
 
-def _sweep_backward_v3(check, ref) -> None:
+def _sweep_backward_v3(check, ref, grouped=False) -> None:
+    """Version 3 (BYTELM_SCAN_BWD=seq) or 3.1 (=grouped) of the backward: channels per program,
+    warps, chunk length (version 3; 3.1 takes the forward's), persistent programs per SM."""
+    from bytelm.kernels.selective_scan import triton_bwd_grouped, triton_bwd_seq
     from bytelm.kernels.selective_scan.triton_op import selective_scan
-    # version 3 of the backward (sequential in time, BYTELM_SCAN_BWD=seq): channels per program,
-    # warps, chunk length, persistent programs per SM; the forward stays the default
-    from bytelm.kernels.selective_scan import triton_bwd_seq
-    seq0 = dict(triton_bwd_seq.SEQ_BWD_CFG)
-    os.environ["BYTELM_SCAN_BWD"] = "seq"
-    print("\nsweep: backward version 3 (sequential), fwd+bwd ms")
-    for c in [dict(BLOCK_D=32, num_warps=2, T=256, programs_per_sm=4),
+    cfg = triton_bwd_grouped.GROUPED_CFG if grouped else triton_bwd_seq.SEQ_BWD_CFG
+    saved = dict(cfg)
+    os.environ["BYTELM_SCAN_BWD"] = "grouped" if grouped else "seq"
+    print(f"\nsweep: backward version {'3.1 (grouped)' if grouped else '3 (sequential)'}, fwd+bwd ms")
+    for c in [dict(BLOCK_D=16, num_warps=1, T=256, programs_per_sm=8),
+              dict(BLOCK_D=32, num_warps=2, T=256, programs_per_sm=4),
+              dict(BLOCK_D=16, num_warps=1, T=256, programs_per_sm=16),
               dict(BLOCK_D=32, num_warps=1, T=256, programs_per_sm=8),
-              dict(BLOCK_D=16, num_warps=1, T=256, programs_per_sm=8),
-              dict(BLOCK_D=64, num_warps=4, T=512, programs_per_sm=2),
-              dict(BLOCK_D=32, num_warps=2, T=128, programs_per_sm=4)]:
-        triton_bwd_seq.SEQ_BWD_CFG.update(c)
+              dict(BLOCK_D=16, num_warps=2, T=128, programs_per_sm=8)]:
+        cfg.update(c)
         try:
             ms, mem = [], []
             for batch, L in SHAPES:
@@ -293,8 +297,8 @@ def _sweep_backward_v3(check, ref) -> None:
         except Exception as err:  # noqa: BLE001 - a config that fails to compile is reported
             print(f"  {c}: failed ({type(err).__name__}: {err})"[:300], flush=True)
         finally:
-            triton_bwd_seq.SEQ_BWD_CFG.clear()
-            triton_bwd_seq.SEQ_BWD_CFG.update(seq0)
+            cfg.clear()
+            cfg.update(saved)
     os.environ.pop("BYTELM_SCAN_BWD")
 
 
@@ -311,9 +315,9 @@ def main() -> None:
                    help="seconds allowed for compiling+timing each family's reference")
     p.add_argument("--sweep", action="store_true", help="also time tile-shape variants")
     p.add_argument("--sweep-only", action="store_true", help="time the variants, skip the table")
-    p.add_argument("--sweep-parts", default="fwd3,bwd2,bwd3",
-                   help="comma-separated sweep groups: fwd3 (sequential forward), bwd2 (default "
-                        "backward's configs), bwd3 (sequential backward)")
+    p.add_argument("--sweep-parts", default="fwd3,bwd2,bwd3,bwd31",
+                   help="comma-separated sweep groups: fwd3 (sequential forward), bwd2 (chunked "
+                        "backward), bwd3 (sequential backward), bwd31 (grouped backward)")
     args = p.parse_args()
     assert torch.cuda.is_available(), "bench_kernels.py times GPU kernels: run it on the GPU machine"
     if args.sweep or args.sweep_only:

@@ -238,6 +238,10 @@ def test_chunked_forward_variant_bf16_and_gradients(monkeypatch):
                chunk_size=None if CUDA else 16)
     check_scan(make_inputs(2, DIM, NSTATE, L, 1, torch.float32), torch.float32,
                seq_idx=packed_seq_idx(2, L), chunk_size=None if CUDA else 24)
+    # with the grouped backward, which starts its chunks from the states this forward saves
+    monkeypatch.setenv("BYTELM_SCAN_BWD", "grouped")
+    check_scan(make_inputs(2, DIM, NSTATE, L, 1, torch.float32), torch.float32,
+               seq_idx=packed_seq_idx(2, L), chunk_size=None if CUDA else 24)
 
 
 SEQ_BWD_CASES = [
@@ -251,12 +255,14 @@ SEQ_BWD_CASES = [
 ]
 
 
+@pytest.mark.parametrize("version", ["chunked", "grouped"])
 @pytest.mark.parametrize("L,groups,chunk,opts", SEQ_BWD_CASES)
-def test_chunked_backward_variant_matches_reference(monkeypatch, L, groups, chunk, opts):
-    """Version 2 of the backward (BYTELM_SCAN_BWD=chunked; the default, version 3, runs in every
-    other test here): every gradient against float64 over several chunks, documents, groups,
-    no z / D / bias, with and without the output and final-state gradients."""
-    monkeypatch.setenv("BYTELM_SCAN_BWD", "chunked")
+def test_backward_variant_matches_reference(monkeypatch, L, groups, chunk, opts, version):
+    """Versions 2 (BYTELM_SCAN_BWD=chunked) and 3.1 (=grouped, with the forward's saved chunk
+    states) of the backward; the default, version 3, runs in every other test here: every
+    gradient against float64 over several chunks, documents, groups, no z / D / bias, with and
+    without the output and final-state gradients."""
+    monkeypatch.setenv("BYTELM_SCAN_BWD", version)
     opts = dict(opts)
     seq, grad_y, grad_final = opts.pop("seq", False), opts.pop("grad_y", True), opts.pop("grad_final", True)
     inputs = make_inputs(2, DIM, NSTATE, L, groups, torch.float32, **opts)
@@ -264,8 +270,9 @@ def test_chunked_backward_variant_matches_reference(monkeypatch, L, groups, chun
                chunk_size=chunk, grad_y=grad_y, grad_final=grad_final)
 
 
-def test_chunked_backward_variant_bf16(monkeypatch):
-    monkeypatch.setenv("BYTELM_SCAN_BWD", "chunked")
+@pytest.mark.parametrize("version", ["chunked", "grouped"])
+def test_backward_variant_bf16(monkeypatch, version):
+    monkeypatch.setenv("BYTELM_SCAN_BWD", version)
     check_scan(make_inputs(2, DIM, NSTATE, LENGTHS[-1], 2, torch.bfloat16), torch.bfloat16,
                chunk_size=None if CUDA else 16)
 
@@ -282,23 +289,28 @@ def test_version_switches(monkeypatch, env):
     assert version() == "seq"
     monkeypatch.setenv(env, " Chunked ")
     assert version() == "chunked"
+    if env.endswith("BWD"):
+        monkeypatch.setenv(env, "grouped")
+        assert version() == "grouped"
     monkeypatch.setenv(env, "v2")
-    with pytest.raises(UserError, match="not seq or chunked"):
+    with pytest.raises(UserError, match="not seq,? (or )?chunked"):
         version()
 
 
 @pytest.mark.parametrize("seq", [False, True])
-def test_sequential_backward_with_one_chunk_per_group(monkeypatch, seq):
-    """Many persistent programs wanted: every chunk is its own group, so the gradient entering
-    each group comes from `group_grads` (the reverse local pass + carry) across several groups,
-    including the decay of each group's right-hand neighbour's first step and document starts."""
-    from bytelm.kernels.selective_scan import triton_bwd_seq
+def test_grouped_backward_with_one_chunk_per_group(monkeypatch, seq):
+    """Version 3.1 with many persistent programs wanted: every chunk is its own group, so the
+    gradient entering each group comes from `group_grads` (the reverse local pass + carry)
+    across several groups, including the decay of each group's right-hand neighbour's first
+    step and documents starting exactly at a chunk start."""
+    from bytelm.kernels.selective_scan import triton_bwd_grouped as grouped
 
-    for c in (triton_bwd_seq.SEQ_BWD_CFG, triton_bwd_seq.SEQ_BWD_CFG_INTERP):
+    monkeypatch.setenv("BYTELM_SCAN_BWD", "grouped")
+    for c in (grouped.GROUPED_CFG, grouped.GROUPED_CFG_INTERP):
         monkeypatch.setitem(c, "programs_per_sm", 4096)
     calls = []
-    real = triton_bwd_seq.group_grads
-    monkeypatch.setattr(triton_bwd_seq, "group_grads", lambda *a, **k: calls.append(a[10]) or real(*a, **k))
+    real = grouped.group_grads
+    monkeypatch.setattr(grouped, "group_grads", lambda *a, **k: calls.append(a[10]) or real(*a, **k))
     L = LENGTHS[-1]
     inputs = make_inputs(2, DIM, NSTATE, L, 1, torch.float32)
     seq_idx = None

@@ -182,11 +182,17 @@ def test_ssd_backward_matches_reference(monkeypatch, dtype, seqlen, groups, with
             assert rel_err(got[name], want[name]) <= TOL[dtype], (name, rel_err(got[name], want[name]))
 
 
+@pytest.mark.parametrize("workaround", [False, True])
 @pytest.mark.parametrize("dstate", [16, 256])
-def test_ssd_at_the_synthetic_models_shapes(dstate):
+def test_ssd_at_the_synthetic_models_shapes(dstate, workaround, monkeypatch):
     """`bytelm synth`'s Mamba-2 (d_model 64: 4 heads of 32, chunk 64, d_state 16..256, as MQAR
     sweeps it): training (Triton forward + backward) and no-grad output against the reference,
-    over three chunks with seq_idx, so each kernel's tile shapes at N = 256 are covered."""
+    over three chunks with seq_idx, so each kernel's tile shapes at N = 256 are covered; also
+    with the Hopper workaround's padded tiles and 8 warps forced (the GPU default at these
+    widths, triton_fwd.small_tile_workaround)."""
+    if workaround:
+        monkeypatch.setenv("BYTELM_SSD_MIN_BLOCK", "64")
+        monkeypatch.setenv("BYTELM_SSD_WARPS", "8")
     shape = dict(heads=4, headdim=32, dstate=dstate, chunk=64)
     vals = inputs(2, 2 * 64 + 7, 1, torch.float32, True, with_z=False, d_per_p=False, seed=dstate,
                   shape=shape)
@@ -222,3 +228,19 @@ def test_ssd_backward_switch(monkeypatch):
     monkeypatch.setenv("BYTELM_SSD_BWD", "fast")
     with pytest.raises(UserError, match="BYTELM_SSD_BWD"):
         ssd(xg, dt, A, B, C, SHAPE["chunk"], D, None, dt_bias, True)
+
+
+def test_small_tile_workaround_choice(monkeypatch):
+    """On a GPU, head/state widths outside the tested family (headdim >= 64, 64 <= dstate <= 128)
+    get tiles padded to >= 64 and 8 warps; the env switches override both ways."""
+    from bytelm.kernels.ssd import triton_fwd as F
+
+    monkeypatch.setattr(F, "INTERPRET", False)
+    monkeypatch.delenv("BYTELM_SSD_MIN_BLOCK", raising=False)
+    monkeypatch.delenv("BYTELM_SSD_WARPS", raising=False)
+    assert F.tile_widths(64, 128) == (64, 128) and F.warps(4, 64, 128) == 4
+    assert F.tile_widths(32, 16) == (64, 64) and F.warps(4, 32, 16) == 8
+    assert F.tile_widths(64, 256) == (64, 256) and F.warps(8, 64, 256) == 8
+    monkeypatch.setenv("BYTELM_SSD_MIN_BLOCK", "16")
+    monkeypatch.setenv("BYTELM_SSD_WARPS", "4")
+    assert F.tile_widths(32, 16) == (32, 16) and F.warps(8, 32, 16) == 4

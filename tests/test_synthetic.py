@@ -228,7 +228,8 @@ def test_table_and_summary_plot(tmp_path):
     table = S.results_table(rows)
     assert "| mamba N=16 | 10 | 1,000 | **99.0** | 99.8% (Mamba, Table 1) |" in table
     assert "| transformer | 10 | 1,000 | 90.0 | **100.0** | oom |" in table
-    assert "| mamba2 N=16 | 64 | 50.0 | 30.0 |" in table and "| mamba2 N=64 | 64 | 90.0 |  |" in table
+    assert "| mamba2 N=16 | 64 | 50.0 (10 steps) | 30.0 (10 steps) |" in table
+    assert "| mamba2 N=64 | 64 | 90.0 (10 steps) |  |" in table
     S.plot_summary(rows, tmp_path / "summary.png")
     assert (tmp_path / "summary.png").stat().st_size > 10_000
 

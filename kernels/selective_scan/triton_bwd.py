@@ -1,7 +1,8 @@
 """Mamba-1 selective scan in Triton: backward, version 2 (chunked tiles; BYTELM_SCAN_BWD=chunked).
 
 The default backward is version 3, sequential in time (triton_bwd_seq.py): 1.4-1.5x faster on
-an H200 at the ANCHORS shapes (kernels/NOTES.md, 2026-12-02). `scan_bwd` dispatches.
+an H200 at the ANCHORS shapes (kernels/NOTES.md, 2026-12-02); version 3.1 (triton_bwd_grouped.py,
+BYTELM_SCAN_BWD=grouped) is experimental. `scan_bwd` dispatches.
 
 Gradients, per (b, d, n, t), with dh_t = dL/dh_t (total) and dy_t = dL/dy_t before the gate:
     dh_t = C_t[n] dy_t + a_{t+1} dh_{t+1}            (dh at the sequence end += dL/dfinal_state)
@@ -30,6 +31,7 @@ import triton.language as tl
 
 from bytelm.errors import UserError
 from bytelm.kernels.selective_scan import triton_fwd
+from bytelm.kernels.selective_scan.triton_bwd_grouped import scan_bwd_grouped
 from bytelm.kernels.selective_scan.triton_bwd_seq import scan_bwd_seq
 from bytelm.kernels.selective_scan.triton_fwd import (
     LOG2E, _col, _combine, _delta_tile, _reset_tile, _set_col, bc_strides, cfg,
@@ -171,12 +173,16 @@ def _bwd_kernel(
 BWD_ENV = "BYTELM_SCAN_BWD"
 
 
+BWD_VERSIONS = ("seq", "chunked", "grouped")
+
+
 def backward_version() -> str:
-    """'seq' (version 3, triton_bwd_seq.py; the default) or 'chunked' (version 2, this file)."""
+    """'seq' (version 3, triton_bwd_seq.py; the default), 'chunked' (version 2, this file) or
+    'grouped' (version 3.1, triton_bwd_grouped.py; experimental, not yet run on a GPU)."""
     value = os.environ.get(BWD_ENV, "").strip().lower() or "seq"
-    if value not in ("seq", "chunked"):
-        raise UserError(f"{BWD_ENV}={os.environ.get(BWD_ENV)!r} is not seq or chunked; unset it "
-                        "(the sequential backward) or set it to chunked (version 2)")
+    if value not in BWD_VERSIONS:
+        raise UserError(f"{BWD_ENV}={os.environ.get(BWD_ENV)!r} is not seq, chunked or grouped; unset "
+                        "it (the sequential backward) or set it to chunked (version 2) or grouped")
     return value
 
 
@@ -191,10 +197,14 @@ def scan_bwd(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, initia
     scan_fwd, dout contiguous (batch, dim, L), dfinal (batch, dim, N) fp32 or None.
     chunk_size does not apply: the backward's chunk is its tile (BWD_CFG["BLOCK_L"]).
     BYTELM_SCAN_BWD (backward_version()) picks version 3 (seq, the default) or 2 (chunked);
-    saved: the forward's chunk states (scan_fwd(save_states=True)), used by version 3 only."""
-    if backward_version() == "seq":
+    saved: the forward's chunk states (scan_fwd(save_states=True)), used by 'grouped' only."""
+    version = backward_version()
+    if version == "seq":
         return scan_bwd_seq(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus,
-                            initial_state, seq_idx, chunk_size, need_dh0, saved)
+                            initial_state, seq_idx, chunk_size, need_dh0)
+    if version == "grouped":
+        return scan_bwd_grouped(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus,
+                                initial_state, seq_idx, chunk_size, need_dh0, saved)
     c = cfg(BWD_CFG, BWD_CFG_INTERP)
     batch, dim, L, G, N, dpg, BD, BN, nbd = triton_fwd.launch_dims(u, B, c["BLOCK_D"])
     BL = min(c["BLOCK_L"], max(16, triton.next_power_of_2(L)))

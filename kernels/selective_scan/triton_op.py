@@ -37,8 +37,8 @@ class SelectiveScanFn(torch.autograd.Function):
         assert B4.shape[1] == C4.shape[1], "B and C must have the same number of groups"
         A32, D32, bias32, h0 = _f32(A), _f32(D), _f32(delta_bias), _f32(initial_state)
         seq = seq_idx.to(torch.int32).contiguous() if seq_idx is not None else None
-        # the sequential backward starts each chunk from the forward's saved state
-        keep = backward_version() == "seq" and any(getattr(ctx, "needs_input_grad", (True,)))
+        # the grouped backward starts each chunk from the forward's saved state
+        keep = backward_version() == "grouped" and any(getattr(ctx, "needs_input_grad", (True,)))
         y, final, saved = scan_fwd(u, delta, A32, B4, C4, D32, z, bias32, bool(delta_softplus), h0,
                                    seq, chunk_size, want_final=True, save_states=keep)
         states, ctx.states_T = saved if saved is not None else (None, None)

@@ -262,7 +262,7 @@ def ssd_bwd(dy, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, seg, sav
         dy, C, seg, cum_buf, dstates, seqlen, nc, nheads, hpg,
         *dy.stride(), *C.stride(),
         P=headdim, N=dstate, Q=Q, BLOCK_P=bp, BLOCK_N=bn, HAS_SEG=seg is not None,
-        PREC=prec, F32=INTERPRET, num_warps=warps(8 if Q >= 128 else 4),
+        PREC=prec, F32=INTERPRET, num_warps=warps(8 if Q >= 128 else 4, headdim, dstate),
     )
     pn = headdim * dstate
     block = min(1024, triton.next_power_of_2(pn))
@@ -289,7 +289,7 @@ def ssd_bwd(dy, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, seg, sav
         *x.stride(), *B.stride(), *C.stride(), *dy.stride(), *dB.stride(),
         P=headdim, N=dstate, Q=Q, BLOCK_Q=block_q, BLOCK_P=bp, BLOCK_N=bn,
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_SEG=seg is not None,
-        PREC=prec, F32=INTERPRET, num_warps=warps(4),
+        PREC=prec, F32=INTERPRET, num_warps=warps(4, headdim, dstate),
     )
     # dcum -> d(dt·A): cum is an inclusive cumsum inside the chunk, cum_end its last entry
     dcum = dcum_t + dcum_s

@@ -181,18 +181,30 @@ def _chunk_out_kernel(
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def small_tile_workaround(headdim: int, dstate: int) -> bool:
+    """Whether the launches use the Hopper workaround tiles: on a GPU, for head or state widths
+    outside the family the GPU tests cover (headdim >= 64, 64 <= dstate <= 128). At headdim 32
+    (bytelm synth's Mamba-2, d_model 64) the bf16 kernels hit "illegal memory access" on an H200
+    with Triton 3.6 (dstate 16, 64 and 256; a known class of Triton wgmma bugs at small tiles);
+    padding the tiles to >= 64 and running 8 warps removed it, as did DISABLE_MMA_V3=1, with
+    losses equal to the reference's (kernels/NOTES.md, 2026-12-02). BYTELM_SSD_MIN_BLOCK /
+    BYTELM_SSD_WARPS override either choice."""
+    return not INTERPRET and (headdim < 64 or dstate < 64 or dstate > 128)
+
+
 def tile_widths(headdim: int, dstate: int) -> tuple[int, int]:
-    """(BLOCK_P, BLOCK_N): the head and state widths of the tiles, powers of two >= 16, or >=
-    BYTELM_SSD_MIN_BLOCK when set (a workaround switch for the Hopper tl.dot illegal-address
-    bug at small tiles, kernels/NOTES.md "SSD at the synthetic models' shapes")."""
-    least = int(os.environ.get("BYTELM_SSD_MIN_BLOCK", "") or 16)
+    """(BLOCK_P, BLOCK_N): the head and state widths of the tiles, powers of two >= 16 (>= 64
+    under small_tile_workaround), or >= BYTELM_SSD_MIN_BLOCK when set."""
+    least = int(os.environ.get("BYTELM_SSD_MIN_BLOCK", "") or
+                (64 if small_tile_workaround(headdim, dstate) else 16))
     return max(least, triton.next_power_of_2(headdim)), max(least, triton.next_power_of_2(dstate))
 
 
-def warps(default: int) -> int:
-    """num_warps of the SSD tile kernels: `default`, or BYTELM_SSD_WARPS when set (the same
-    workaround switch as tile_widths)."""
-    return int(os.environ.get("BYTELM_SSD_WARPS", "") or default)
+def warps(default: int, headdim: int, dstate: int) -> int:
+    """num_warps of the SSD tile kernels: `default` (8 under small_tile_workaround), or
+    BYTELM_SSD_WARPS when set."""
+    return int(os.environ.get("BYTELM_SSD_WARPS", "") or
+               (8 if small_tile_workaround(headdim, dstate) else default))
 
 
 def _prec(x):
@@ -223,7 +235,7 @@ def ssd_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_stat
         P=headdim, N=dstate, Q=Q, BLOCK_P=bp, BLOCK_N=bn,
         HAS_DT_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, HAS_SEG=seg is not None,
         PREC=prec, F32=INTERPRET,
-        num_warps=warps(8 if Q >= 128 else 4),
+        num_warps=warps(8 if Q >= 128 else 4, headdim, dstate),
     )
     init = initial_state.float().contiguous() if initial_state is not None else None
     pn = headdim * dstate
@@ -254,7 +266,7 @@ def chunk_out(x, B, C, z, D, seg, bufs, Q):
         *x.stride(), *B.stride(), *C.stride(), *zs, *y.stride(),
         P=headdim, N=dstate, Q=Q, BLOCK_Q=block_q, BLOCK_P=bp, BLOCK_N=bn,
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None,
-        HAS_SEG=seg is not None, PREC=_prec(x), F32=INTERPRET, num_warps=warps(4),
+        HAS_SEG=seg is not None, PREC=_prec(x), F32=INTERPRET, num_warps=warps(4, headdim, dstate),
     )
     return y
 
