@@ -30,7 +30,10 @@ from triton.compiler import ASTSource  # noqa: E402
 
 MODULES = ["bytelm.kernels.selective_scan.triton_fwd", "bytelm.kernels.selective_scan.triton_bwd",
            "bytelm.kernels.selective_scan.triton_bwd_seq",
-           "bytelm.kernels.selective_scan.triton_bwd_grouped"]
+           "bytelm.kernels.selective_scan.triton_bwd_grouped",
+           "bytelm.kernels.ssd.triton_fwd", "bytelm.kernels.ssd.triton_bwd",
+           "bytelm.kernels.causal_conv1d.triton_fwd", "bytelm.kernels.causal_conv1d.triton_bwd",
+           "bytelm.kernels.rms_norm.triton_fwd", "bytelm.kernels.rms_norm.triton_bwd"]
 PTR = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.float16: "*fp16",
        torch.int32: "*i32", torch.int64: "*i64", torch.float64: "*fp64"}
 
@@ -105,6 +108,58 @@ def scan_path(bwd: str, fwd: str = "seq", batch=2, dim=64, L=1000, N=16, G=1, dt
     (y.float().sum() + final.sum()).backward()
 
 
+def ssd_path(headdim=64, dstate=128, chunk=256, heads=2, batch=2, L=600, dtype=torch.bfloat16):
+    """Forward + backward of the public SSD with every option (z, D, dt_bias, initial and final
+    state, seq_idx), then its no-grad forward."""
+    from bytelm.kernels.ssd.triton_op import ssd
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, L, heads, headdim, generator=g).to(dtype).requires_grad_()
+    dt = torch.randn(batch, L, heads, generator=g).to(dtype).requires_grad_()
+    A = -torch.rand(heads, generator=g)
+    B, C = (torch.randn(batch, L, 1, dstate, generator=g).to(dtype).requires_grad_() for _ in range(2))
+    D, bias = torch.randn(heads, generator=g).requires_grad_(), torch.randn(heads, generator=g).requires_grad_()
+    z = torch.randn(batch, L, heads, headdim, generator=g).to(dtype).requires_grad_()
+    init = torch.randn(batch, heads, headdim, dstate, generator=g).requires_grad_()
+    seq_idx = (torch.arange(L) >= L // 3).int().expand(batch, L).contiguous()
+    y, final = ssd(x, dt, A, B, C, chunk, D, z, bias, True, init, seq_idx, True)
+    (y.float().sum() + final.sum()).backward()
+    with torch.no_grad():
+        ssd(x, dt, A, B, C, chunk, D, z, bias, True, init, seq_idx)
+
+
+def conv_path(version: str, dim=256, L=600, batch=2, width=4, dtype=torch.bfloat16):
+    """causal_conv1d forward + backward (channel-last and contiguous, seq_idx, initial state)."""
+    from bytelm.kernels.causal_conv1d.triton_op import causal_conv1d
+
+    os.environ["BYTELM_CONV_BWD"] = version
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(dim, width, generator=g).requires_grad_()
+    b = torch.randn(dim, generator=g).requires_grad_()
+    seq_idx = (torch.arange(L) >= L // 3).int().expand(batch, L).contiguous()
+    for x in (torch.randn(batch, L, dim, generator=g).to(dtype).transpose(1, 2),
+              torch.randn(batch, dim, L, generator=g).to(dtype)):
+        x.requires_grad_()
+        h0 = torch.randn(batch, dim, width - 1, generator=g).to(dtype).requires_grad_()
+        causal_conv1d(x, w, b, "silu", seq_idx=seq_idx).float().sum().backward()
+        causal_conv1d(x, w, b, "silu", initial_state=h0).float().sum().backward()
+
+
+def norm_path(dim=2048, rows=64, dtype=torch.bfloat16):
+    """rms_norm forward + backward: gated (Mamba-2's norm, one and several groups), +residual."""
+    from bytelm.kernels.rms_norm.triton_op import rms_norm
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, dim, generator=g).to(dtype).requires_grad_()
+    w = torch.randn(dim, generator=g).requires_grad_()
+    z = torch.randn(rows, dim, generator=g).to(dtype).requires_grad_()
+    r = torch.randn(rows, dim, generator=g).requires_grad_()
+    rms_norm(x, w, 1e-5, None, z).float().sum().backward()
+    rms_norm(x, w, 1e-5, None, z, group_size=dim // 4).float().sum().backward()
+    y, res = rms_norm(x, w, 1e-5, r)
+    (y.float().sum() + res.sum()).backward()
+
+
 PATHS = {
     # version 3's backward at the ANCHORS-like widths (one group of chunks: 8 rows x 2048)
     "scan-seq": lambda: scan_path("seq"),
@@ -112,6 +167,11 @@ PATHS = {
     # version 3.1: one row of 4096 steps gives several groups (group_grads) at one SM's programs
     "scan-grouped": lambda: scan_path("grouped", L=4096, batch=1),
     "scan-grouped-fwd2": lambda: scan_path("grouped", fwd="chunked", L=4096, batch=1, G=2),
+    "ssd": ssd_path,
+    # bytelm synth's Mamba-2 (d_model 64): the padded small-tile launches
+    "ssd-small": lambda: [ssd_path(32, n, 64, heads=4) for n in (16, 256)],
+    "conv": lambda: [conv_path(v) for v in ("v1", "v2")],
+    "norm": norm_path,
 }
 
 
