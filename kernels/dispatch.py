@@ -40,6 +40,17 @@ def requested_backend() -> str:
     return value
 
 
+def env_choice(name: str, choices: tuple[str, ...], what: str) -> str:
+    """The validated value of a kernel-variant switch: the environment variable `name`, stripped
+    and lower-cased, one of `choices` (unset or empty: choices[0]); otherwise a one-line
+    UserError naming the accepted values. `what` says what the default is, for that message."""
+    value = os.environ.get(name, "").strip().lower() or choices[0]
+    if value not in choices:
+        raise UserError(f"{name}={os.environ.get(name)!r} is not one of {', '.join(choices)}; "
+                        f"unset it ({what}) or set it to {' or '.join(choices[1:])}")
+    return value
+
+
 @functools.lru_cache(maxsize=None)
 def triton_impl(package: str, op_name: str) -> Callable | None:
     """``<package>.triton_op.<op_name>``, or None while that op has no Triton implementation.

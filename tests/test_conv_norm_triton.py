@@ -173,3 +173,19 @@ def test_causal_conv1d_backward_versions_over_many_programs(version, channel_las
     y = causal_conv1d(ins[0], ins[1], ins[2], "silu", seq_idx, state(ins))
     yr = causal_conv1d_ref(ins64[0], ins64[1], ins64[2], "silu", seq_idx, state(ins64))
     check([y], [yr], ins, ins64, 1e-5)
+
+
+def test_conv_backward_switch(monkeypatch):
+    """BYTELM_CONV_BWD: unset or v1 is the general kernel, v2 the width-4 one; anything else is
+    a one-line UserError naming the values (it used to fall back to v1 silently)."""
+    from bytelm.errors import UserError
+    from bytelm.kernels.dispatch import env_choice
+
+    monkeypatch.setenv("BYTELM_CONV_BWD", "V2 ")
+    assert env_choice("BYTELM_CONV_BWD", ("v1", "v2"), "version 1") == "v2"
+    monkeypatch.setenv("BYTELM_CONV_BWD", "v3")
+    x = torch.randn(1, 4, 9, device=DEV, requires_grad=True)
+    w = torch.randn(4, 4, device=DEV, requires_grad=True)
+    y = causal_conv1d(x, w, None, "silu")
+    with pytest.raises(UserError, match="BYTELM_CONV_BWD='v3' is not one of v1, v2"):
+        y.sum().backward()

@@ -293,7 +293,7 @@ def test_version_switches(monkeypatch, env):
         monkeypatch.setenv(env, "grouped")
         assert version() == "grouped"
     monkeypatch.setenv(env, "v2")
-    with pytest.raises(UserError, match="not seq,? (or )?chunked"):
+    with pytest.raises(UserError, match="is not one of seq, chunked"):
         version()
 
 

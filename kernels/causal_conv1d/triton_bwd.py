@@ -18,12 +18,12 @@ the reference on a GPU (Triton 3.6 miscompiles some kernels on Hopper); version 
 
 from __future__ import annotations
 
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from bytelm.kernels.dispatch import env_choice
 from bytelm.kernels.causal_conv1d.triton_fwd import _load_seg, _load_tap, like_layout, tile_for
 
 
@@ -220,7 +220,7 @@ def conv_bwd(x, weight, bias, initial_state, seg, silu, dy):
     """Returns dx (x's layout), dweight (dim, W), dbias or None, dinitial_state or None."""
     batch, dim, seqlen = x.shape
     width = weight.shape[1]
-    v2 = width == 4 and os.environ.get("BYTELM_CONV_BWD", "v1") == "v2"
+    v2 = width == 4 and env_choice("BYTELM_CONV_BWD", ("v1", "v2"), "version 1") == "v2"
     # version 2 holds 7 shifted x tiles and 4 pre-activations at once: 16 fp32 values per
     # thread and tile (BWD4_TILE), not the forward's 32 (tile_for)
     bl, bd, nw = (BWD4_TILE[x.stride(1) == 1] if v2 else tile_for(x))

@@ -24,12 +24,11 @@ d(delta_bias) are reduced over the tile before theirs. No scratch memory.
 
 from __future__ import annotations
 
-import os
 
 import triton
 import triton.language as tl
 
-from bytelm.errors import UserError
+from bytelm.kernels.dispatch import env_choice
 from bytelm.kernels.selective_scan import triton_fwd
 from bytelm.kernels.selective_scan.triton_bwd_grouped import scan_bwd_grouped
 from bytelm.kernels.selective_scan.triton_bwd_seq import scan_bwd_seq
@@ -179,11 +178,7 @@ BWD_VERSIONS = ("seq", "chunked", "grouped")
 def backward_version() -> str:
     """'seq' (version 3, triton_bwd_seq.py; the default), 'chunked' (version 2, this file) or
     'grouped' (version 3.1, triton_bwd_grouped.py; experimental, not yet run on a GPU)."""
-    value = os.environ.get(BWD_ENV, "").strip().lower() or "seq"
-    if value not in BWD_VERSIONS:
-        raise UserError(f"{BWD_ENV}={os.environ.get(BWD_ENV)!r} is not seq, chunked or grouped; unset "
-                        "it (the sequential backward) or set it to chunked (version 2) or grouped")
-    return value
+    return env_choice(BWD_ENV, BWD_VERSIONS, "the sequential backward")
 
 
 # One program per (channel block, chunk of BLOCK_L steps, row): the chunk is one register tile.

@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from bytelm.errors import UserError
+from bytelm.kernels.dispatch import env_choice
 
 LOG2E = tl.constexpr(1.4426950408889634)  # a constexpr: jit code may read it
 
@@ -636,11 +636,7 @@ FWD_ENV = "BYTELM_SCAN_FWD"
 
 def forward_version() -> str:
     """'seq' (version 3, `_fwd_seq_kernel`; the default) or 'chunked' (version 2, `_fwd_kernel`)."""
-    value = os.environ.get(FWD_ENV, "").strip().lower() or "seq"
-    if value not in ("seq", "chunked"):
-        raise UserError(f"{FWD_ENV}={os.environ.get(FWD_ENV)!r} is not seq or chunked; unset it "
-                        "(the sequential forward) or set it to chunked (version 2)")
-    return value
+    return env_choice(FWD_ENV, ("seq", "chunked"), "the sequential forward")
 
 
 # Version 3: channels per program, warps, programs per SM (the chunk length is a multiple of 8

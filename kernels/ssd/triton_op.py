@@ -9,11 +9,10 @@ kernels/NOTES.md). ``BYTELM_SSD_BWD=ref`` trains through the PyTorch reference i
 
 from __future__ import annotations
 
-import os
 
 import torch
 
-from bytelm.errors import UserError
+from bytelm.kernels.dispatch import env_choice
 from bytelm.kernels.ssd.reference import segment_ids, ssd_ref
 from bytelm.kernels.ssd.triton_bwd import ssd_bwd
 from bytelm.kernels.ssd.triton_fwd import ssd_fwd, ssd_state_update_fwd
@@ -22,11 +21,8 @@ BWD_ENV = "BYTELM_SSD_BWD"
 
 
 def triton_backward_requested() -> bool:
-    value = os.environ.get(BWD_ENV, "").strip().lower() or "triton"
-    if value not in ("ref", "triton"):
-        raise UserError(f"{BWD_ENV}={os.environ.get(BWD_ENV)!r} is not triton or ref; unset it "
-                        "(the Triton SSD backward) or set it to ref (the PyTorch reference)")
-    return value == "triton"
+    """BYTELM_SSD_BWD: triton (default) or ref (train through the PyTorch reference)."""
+    return env_choice(BWD_ENV, ("triton", "ref"), "the Triton SSD backward") == "triton"
 
 
 class _SSDFunction(torch.autograd.Function):
