@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
-# One GPU round for the kernels (kernels/NOTES.md, "Queued"): correctness at real shapes, then
-# the benchmarks, each step under its own time limit so that a 10-minute device command always
-# ends with its logs. Logs go to $LOGDIR (default /tmp/kernel-round), one file per step.
+# One GPU round for the kernels (kernels/NOTES.md, "Queued"): correctness at real shapes, the
+# Mamba-1 loss check, then the benchmarks, each step under its own time limit so that a 10-minute
+# device command always ends with its logs. Logs go to $LOGDIR (default /tmp/kernel-round), one
+# file per step; with $OUT set (the device tool's output folder) they are also packed into
+# $OUT/kernel-round.tar.gz at the end (one file: the device returns a limited number of them).
+# Before a GPU session, `python scripts/compile_check.py` on the CPU catches compile errors.
 #
 # Usage (GPU machine, bytelm installed, mamba_ssm source in .carry/mamba_ssm_src):
-#     bash scripts/gpu_kernel_round.sh [tests] [bench]      (no argument: both)
-# tests: the three kernel test files as three concurrent pytest processes (correctness only; at
-#        real shapes they need ~4-5 minutes one after another), then the Mamba-2 model check;
-# bench: bench_kernels_mamba2.py, then bench_kernels.py --sweep for the Mamba-1 scan, the GPU
-#        to itself.
-# Env: PYTEST_S (300), CHECK_S (60), BENCH2_S (150), BENCH1_S (240): each step's limit in seconds.
+#     bash scripts/gpu_kernel_round.sh [tests] [loss] [bench] [models]   (no argument: all four)
+# tests:  the three kernel test files as three concurrent pytest processes (correctness only),
+#         with the --cuda-graph training test, then the Mamba-2 model check;
+# loss:   issue 4's loss check: the base Mamba-1, 50 steps, default kernels vs BYTELM_KERNELS=ref,
+#         losses side by side;
+# bench:  bench_kernels.py (the backward sweep, then the table), bench_kernels_mamba2.py, the
+#         GPU to itself;
+# models: bench_models.py (one training step of every base preset and anchor).
+# Env: PYTEST_S (300), CHECK_S (60), LOSS_S (200), SWEEP_S (120), BENCH1_S (60), BENCH2_S (150),
+#      MODELS_S (200): each step's limit in seconds; SWEEP_PARTS (bwd31,bwd3).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LOGDIR=${LOGDIR:-/tmp/kernel-round}
@@ -30,24 +37,66 @@ tests() {
     timeout "$secs" python3 -m pytest -q -rf --durations=5 "tests/test_$f.py" >"$LOGDIR/pytest_$f.log" 2>&1 &
     pids+=($!)
   done
+  timeout "$secs" python3 -m pytest -q -rf tests/test_synthetic.py -k cuda_graph >"$LOGDIR/pytest_synthetic.log" 2>&1 &
+  pids+=($!)
   local i=0
-  for f in ssd_triton conv_norm_triton selective_scan_triton; do
+  for f in ssd_triton conv_norm_triton selective_scan_triton synthetic; do
     wait "${pids[$i]}"
     TAIL=12 show "pytest_$f" $? "$t0" "$secs"
     i=$((i + 1))
   done
   step model_check "${CHECK_S:-60}" python3 scripts/gpu_check_mamba2.py --no-pytest
 }
+loss() {  # the base Mamba-1 preset, 50 steps, same seed: default kernels, then the reference
+  local a=(--data dna --model mamba --preset base --batch-size 4 --seq-len 2048 --steps 50
+           --warmup 10 --eval-every 1000 --seed 0 --device cuda --json) t0=$SECONDS
+  timeout "${LOSS_S:-200}" bytelm train "${a[@]}" --out /tmp/loss-triton >"$LOGDIR/loss_triton.json" 2>"$LOGDIR/loss_triton.log"
+  BYTELM_KERNELS=ref timeout "${LOSS_S:-200}" bytelm train "${a[@]}" --out /tmp/loss-ref >"$LOGDIR/loss_ref.json" 2>"$LOGDIR/loss_ref.log"
+  cp /tmp/loss-triton/metrics.jsonl "$LOGDIR/loss_triton.metrics.jsonl" 2>/dev/null
+  cp /tmp/loss-ref/metrics.jsonl "$LOGDIR/loss_ref.metrics.jsonl" 2>/dev/null
+  echo "== loss: $((SECONDS - t0)) s"
+  python3 - "$LOGDIR" <<'PY'
+import json, sys, pathlib
+d = pathlib.Path(sys.argv[1])
+def read(name):
+    try:
+        rows = [json.loads(l) for l in (d / f"loss_{name}.metrics.jsonl").read_text().splitlines()]
+        summary = json.loads((d / f"loss_{name}.json").read_text().splitlines()[-1])
+    except (OSError, ValueError, IndexError) as err:
+        return None, f"{name}: no result ({err})"
+    return {r["step"]: r["loss"] for r in rows if r.get("loss") is not None}, summary
+tri, tri_s = read("triton")
+ref, ref_s = read("ref")
+if tri is None or ref is None:
+    sys.exit(f"loss check incomplete: {tri_s if tri is None else ref_s}")
+print("step  triton   reference  diff")
+for step in sorted(set(tri) & set(ref)):
+    print(f"{step:>4}  {tri[step]:.4f}   {ref[step]:.4f}     {tri[step] - ref[step]:+.4f}")
+for name, s in (("triton", tri_s), ("reference", ref_s)):
+    print(f"{name}: {s['tokens_per_s']:,.0f} tokens/s, peak {s['peak_memory_bytes'] / 1e9:.2f} GB, "
+          f"val {s['val_bits_per_byte']:.4f}")
+PY
+}
 bench() {
+  TAIL=30 step bench_sweep "${SWEEP_S:-120}" python3 scripts/bench_kernels.py --ops selective_scan \
+    --sweep-only --sweep-parts "${SWEEP_PARTS:-bwd31,bwd3}"
+  step bench_scan "${BENCH1_S:-60}" python3 scripts/bench_kernels.py --ops selective_scan --no-compile-ref
   step bench_mamba2 "${BENCH2_S:-150}" python3 scripts/bench_kernels_mamba2.py --anchor-src .carry/mamba_ssm_src
-  TAIL=70 step bench_scan "${BENCH1_S:-240}" python3 scripts/bench_kernels.py --ops selective_scan --sweep --no-compile-ref
+}
+models() {
+  step bench_models "${MODELS_S:-200}" python3 scripts/bench_models.py --anchor-src .carry/mamba_ssm_src
 }
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
-[ $# -eq 0 ] && set -- tests bench
+[ $# -eq 0 ] && set -- tests loss bench models
 for phase in "$@"; do
   case $phase in
     tests) tests ;;
+    loss) loss 2>&1 | tee "$LOGDIR/loss_table.txt" ;;
     bench) bench ;;
-    *) echo "unknown phase '$phase' (tests, bench)"; exit 2 ;;
+    models) models ;;
+    *) echo "unknown phase '$phase' (tests, loss, bench, models)"; exit 2 ;;
   esac
 done
+if [ -n "${OUT:-}" ]; then
+  tar czf "$OUT/kernel-round.tar.gz" -C "$(dirname "$LOGDIR")" "$(basename "$LOGDIR")"
+fi
