@@ -187,19 +187,18 @@ BWD_CFG_INTERP = dict(BLOCK_D=4, BLOCK_L=8, num_warps=1, LEAN=False)
 
 
 def scan_bwd(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, seq_idx,
-             chunk_size, need_dh0, saved=None):
+             chunk_size, need_dh0, version="seq", saved=None):
     """(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state); inputs normalized as in
     scan_fwd, dout contiguous (batch, dim, L), dfinal (batch, dim, N) fp32 or None.
     chunk_size does not apply: the backward's chunk is its tile (BWD_CFG["BLOCK_L"]).
-    BYTELM_SCAN_BWD (backward_version()) picks version 3 (seq, the default) or 2 (chunked);
-    saved: the forward's chunk states (scan_fwd(save_states=True)), used by 'grouped' only."""
-    version = backward_version()
+    version: backward_version() as the forward read it (seq, chunked or grouped); saved: the
+    forward's chunk states (scan_fwd(save_states=True)), which 'grouped' needs."""
     if version == "seq":
         return scan_bwd_seq(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus,
                             initial_state, seq_idx, chunk_size, need_dh0)
     if version == "grouped":
         return scan_bwd_grouped(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus,
-                                initial_state, seq_idx, chunk_size, need_dh0, saved)
+                                initial_state, seq_idx, need_dh0, saved)
     c = cfg(BWD_CFG, BWD_CFG_INTERP)
     batch, dim, L, G, N, dpg, BD, BN, nbd = triton_fwd.launch_dims(u, B, c["BLOCK_D"])
     BL = min(c["BLOCK_L"], max(16, triton.next_power_of_2(L)))

@@ -30,7 +30,7 @@ from bytelm.kernels.selective_scan import triton_fwd
 from bytelm.kernels.selective_scan.triton_bwd_seq import _recompute8, _rev_step
 from bytelm.kernels.selective_scan.triton_fwd import (
     LOG2E, _chunk_carry_kernel, _cols8, _delta_tile, _join8, _keep_tile, _reset_tile, bc_strides, cfg,
-    chunk_states, launch_dims, sm_count,
+    launch_dims, sm_count,
 )
 
 
@@ -325,47 +325,23 @@ def group_grads(u, delta, A, C, z, dout, delta_bias, softplus, seq_idx, T, nc, d
     return gloc
 
 
-# Channels per program, warps, steps per chunk without saved states (a multiple of 8),
-# persistent programs per SM: version 3's best (triton_bwd_seq.SEQ_BWD_CFG), not yet swept here.
-GROUPED_CFG = dict(BLOCK_D=16, num_warps=1, T=256, programs_per_sm=8)
-GROUPED_CFG_INTERP = dict(BLOCK_D=8, num_warps=1, T=16, programs_per_sm=3)
-
-
-def _chunk_states_cfg(u, B, T: int) -> dict:
-    """chunk_states' own tiling (version 2's: 4 channels x up to 128 steps, 4 warps; the
-    sequential kernel's 16 x 1-warp tiles made it 2x slower, 5.8 against 2.7 ms at 8x2048)."""
-    if triton_fwd.interpreting():
-        return dict(BD=launch_dims(u, B, 8)[6], BLOCK_L=8, num_warps=1)
-    return dict(BD=launch_dims(u, B, 4)[6], num_warps=4,
-                BLOCK_L=next(b for b in (128, 64, 32, 16, 8) if T % b == 0))
+# Channels per program, warps, persistent programs per SM (the chunk length is the forward's
+# saved-state spacing): version 3's best (triton_bwd_seq.SEQ_BWD_CFG), not yet swept here.
+GROUPED_CFG = dict(BLOCK_D=16, num_warps=1, programs_per_sm=8)
+GROUPED_CFG_INTERP = dict(BLOCK_D=8, num_warps=1, programs_per_sm=3)
 
 
 def scan_bwd_grouped(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, initial_state,
-                     seq_idx, chunk_size, need_dh0, saved=None):
-    """scan_bwd's contract (triton_bwd.py) with `_bwd_grouped_kernel`. saved = (states, T) from
-    scan_fwd(save_states=True): the state before every T-step chunk; without it (the opt-in
-    sequential forward saves none) chunk_states recomputes them for T = chunk_size (rounded up
-    to a multiple of 8) or GROUPED_CFG["T"].
+                     seq_idx, need_dh0, saved):
+    """scan_bwd's contract (triton_bwd.py) with `_bwd_grouped_kernel`; saved = (states, T) from
+    scan_fwd(save_states=True): the state before every T-step chunk, (batch, cdiv(L, T), dim, N).
     Work split: chunks are grouped so that batch x channel blocks x groups gives about
     programs_per_sm x SMs work items; each walks its group's chunks last to first. With more
-    than one group, a reverse chunk_states pass gives the gradient entering each group."""
+    than one group, group_grads gives the gradient entering each group."""
     c = cfg(GROUPED_CFG, GROUPED_CFG_INTERP)
     batch, dim, L, G, N, dpg, BD, BN, nbd = launch_dims(u, B, c["BLOCK_D"])
-    if saved is not None:
-        h0, T = saved
-        nc = h0.shape[1]
-    else:
-        T = triton.cdiv(int(chunk_size or c["T"]), 8) * 8
-        T = min(T, triton.cdiv(L, 8) * 8)
-        nc = triton.cdiv(L, T)
-        if nc > 1:
-            h0, _ = chunk_states(u, delta, A, B, C, z, dout, delta_bias, softplus, seq_idx, T, nc,
-                                 fwd=True, bwd=False, initial_state=initial_state,
-                                 **_chunk_states_cfg(u, B, T))
-        elif initial_state is not None:  # (batch, dim, N) reads as (batch, 1, dim, N)
-            h0 = initial_state
-        else:
-            h0 = torch.zeros(batch, 1, dim, N, device=u.device, dtype=torch.float32)
+    h0, T = saved
+    nc = h0.shape[1]
     assert T % 8 == 0, f"chunk length {T} is not a multiple of 8"
     nprog_want = c["programs_per_sm"] * sm_count(u)
     ngrp = max(1, min(nc, round(nprog_want / (batch * nbd))))

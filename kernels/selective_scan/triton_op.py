@@ -37,8 +37,10 @@ class SelectiveScanFn(torch.autograd.Function):
         assert B4.shape[1] == C4.shape[1], "B and C must have the same number of groups"
         A32, D32, bias32, h0 = _f32(A), _f32(D), _f32(delta_bias), _f32(initial_state)
         seq = seq_idx.to(torch.int32).contiguous() if seq_idx is not None else None
-        # the grouped backward starts each chunk from the forward's saved state
-        keep = backward_version() == "grouped" and any(getattr(ctx, "needs_input_grad", (True,)))
+        # the backward version is fixed here: the grouped one starts each chunk from the states
+        # this forward saves
+        ctx.bwd_version = backward_version()
+        keep = ctx.bwd_version == "grouped" and any(getattr(ctx, "needs_input_grad", (True,)))
         y, final, saved = scan_fwd(u, delta, A32, B4, C4, D32, z, bias32, bool(delta_softplus), h0,
                                    seq, chunk_size, want_final=True, save_states=keep)
         states, ctx.states_T = saved if saved is not None else (None, None)
@@ -60,7 +62,7 @@ class SelectiveScanFn(torch.autograd.Function):
         need_dh0 = h0 is not None and ctx.needs_input_grad[8]
         du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = scan_bwd(
             dy, dfinal, u, delta, A32, B4, C4, D32, z, bias32, softplus, h0, seq, chunk_size,
-            need_dh0, None if states is None else (states, ctx.states_T))
+            need_dh0, ctx.bwd_version, None if states is None else (states, ctx.states_T))
         if squeeze:
             dB, dC = dB.squeeze(1), dC.squeeze(1)
         return (du, ddelta, dA.to(A_dt), dB.to(B_dt), dC.to(C_dt),
