@@ -163,6 +163,8 @@ def norm_path(dim=2048, rows=64, dtype=torch.bfloat16):
 PATHS = {
     # version 3's backward at the ANCHORS-like widths (one group of chunks: 8 rows x 2048)
     "scan-seq": lambda: scan_path("seq"),
+    # the version 3 forward's wide configuration (32 channels per program: batch x dim >= 4096)
+    "scan-seq-wide": lambda: scan_path("seq", dim=2048, L=256),
     "scan-chunked": lambda: scan_path("chunked", fwd="chunked"),
     # version 3.1: one row of 4096 steps gives several groups (group_grads) at one SM's programs
     "scan-grouped": lambda: scan_path("grouped", L=4096, batch=1),
