@@ -7,16 +7,18 @@
 # Before a GPU session, `python scripts/compile_check.py` on the CPU catches compile errors.
 #
 # Usage (GPU machine, bytelm installed, mamba_ssm source in .carry/mamba_ssm_src):
-#     bash scripts/gpu_kernel_round.sh [tests] [loss] [bench] [models]   (no argument: all four)
+#     bash scripts/gpu_kernel_round.sh [tests] [loss] [bench] [models] [profile]
+#     (no argument: the first four)
 # tests:  the three kernel test files as three concurrent pytest processes (correctness only),
 #         with the --cuda-graph training test, then the Mamba-2 model check;
 # loss:   issue 4's loss check: the base Mamba-1, 50 steps, default kernels vs BYTELM_KERNELS=ref,
 #         losses side by side;
 # bench:  bench_kernels.py (the backward sweep, then the table), bench_kernels_mamba2.py, the
 #         GPU to itself;
-# models: bench_models.py (one training step of every base preset and anchor).
+# models: bench_models.py (one training step of every base preset and anchor);
+# profile: profile_kernels.py (CUDA time per launched kernel of each op's training step).
 # Env: PYTEST_S (300), CHECK_S (60), LOSS_S (200), SWEEP_S (120), BENCH1_S (60), BENCH2_S (150),
-#      MODELS_S (200): each step's limit in seconds; SWEEP_PARTS (bwd31,bwd3).
+#      MODELS_S (200), PROFILE_S (150): each step's limit in seconds; SWEEP_PARTS (bwd31,bwd3).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LOGDIR=${LOGDIR:-/tmp/kernel-round}
@@ -86,6 +88,9 @@ bench() {
 models() {
   step bench_models "${MODELS_S:-200}" python3 scripts/bench_models.py --anchor-src .carry/mamba_ssm_src
 }
+profile() {
+  TAIL=120 step profile "${PROFILE_S:-150}" python3 scripts/profile_kernels.py
+}
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
 [ $# -eq 0 ] && set -- tests loss bench models
 for phase in "$@"; do
@@ -94,7 +99,8 @@ for phase in "$@"; do
     loss) loss 2>&1 | tee "$LOGDIR/loss_table.txt" ;;
     bench) bench ;;
     models) models ;;
-    *) echo "unknown phase '$phase' (tests, loss, bench, models)"; exit 2 ;;
+    profile) profile ;;
+    *) echo "unknown phase '$phase' (tests, loss, bench, models, profile)"; exit 2 ;;
   esac
 done
 if [ -n "${OUT:-}" ]; then
