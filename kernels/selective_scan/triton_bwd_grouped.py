@@ -35,6 +35,35 @@ from bytelm.kernels.selective_scan.triton_fwd import (
 
 
 @triton.jit
+def _state_inputs(p_delta, p_u, p_B, p_seq, o_t, m_dt, m_n, m_t, b_bias, SOFTPLUS: tl.constexpr,
+                  HAS_SEQ: tl.constexpr, BLOCK_D: tl.constexpr):
+    """What an 8-step tile's state recursion reads, for both walks: (Δ, pre-softplus Δ, u, B
+    (N, 8), the document-reset factor), fp32."""
+    b_dt, b_x = _delta_tile(p_delta + o_t[None, :], m_dt, b_bias, SOFTPLUS)
+    b_u = tl.load(p_u + o_t[None, :], mask=m_dt, other=0.0).to(tl.float32)
+    b_Bt = tl.load(p_B + o_t[None, :], mask=m_n[:, None] & m_t[None, :], other=0.0).to(tl.float32)
+    return b_dt, b_x, b_u, b_Bt, _keep_tile(p_seq, o_t, m_t, HAS_SEQ, BLOCK_D)
+
+
+@triton.jit
+def _walk8(b_h, b_A2, b_dt, b_du, b_keep, b_Bt, HAS_SEQ: tl.constexpr):
+    """8 forward steps from the state b_h: (a_0..a_7, h_0..h_7)."""
+    dt0, dt1, dt2, dt3, dt4, dt5, dt6, dt7 = _cols8(b_dt)
+    du0, du1, du2, du3, du4, du5, du6, du7 = _cols8(b_du)
+    k0, k1, k2, k3, k4, k5, k6, k7 = _cols8(b_keep)
+    B0, B1, B2, B3, B4, B5, B6, B7 = _cols8(b_Bt)
+    a0, h0 = _recompute8(b_h, b_A2, dt0, du0, k0, B0, HAS_SEQ)
+    a1, h1 = _recompute8(h0, b_A2, dt1, du1, k1, B1, HAS_SEQ)
+    a2, h2 = _recompute8(h1, b_A2, dt2, du2, k2, B2, HAS_SEQ)
+    a3, h3 = _recompute8(h2, b_A2, dt3, du3, k3, B3, HAS_SEQ)
+    a4, h4 = _recompute8(h3, b_A2, dt4, du4, k4, B4, HAS_SEQ)
+    a5, h5 = _recompute8(h4, b_A2, dt5, du5, k5, B5, HAS_SEQ)
+    a6, h6 = _recompute8(h5, b_A2, dt6, du6, k6, B6, HAS_SEQ)
+    a7, h7 = _recompute8(h6, b_A2, dt7, du7, k7, B7, HAS_SEQ)
+    return a0, a1, a2, a3, a4, a5, a6, a7, h0, h1, h2, h3, h4, h5, h6, h7
+
+
+@triton.jit
 def _bwd_grouped_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, seq_ptr, dout_ptr,
     h0_ptr, g_ptr, ck_ptr,
@@ -115,22 +144,9 @@ def _bwd_grouped_kernel(
                 m_t = o_t < t_hi
                 m_dt = m_d[:, None] & m_t[None, :]
                 tl.store(p_ck + k * (BLOCK_D * BLOCK_N), b_h)
-                b_dt, _ = _delta_tile(p_delta + o_t[None, :], m_dt, b_bias, SOFTPLUS)
-                b_u = tl.load(p_u + o_t[None, :], mask=m_dt, other=0.0).to(tl.float32)
-                b_Bt = tl.load(p_B + o_t[None, :], mask=m_n[:, None] & m_t[None, :], other=0.0).to(tl.float32)
-                b_keep = _keep_tile(p_seq, o_t, m_t, HAS_SEQ, BLOCK_D)
-                dt0, dt1, dt2, dt3, dt4, dt5, dt6, dt7 = _cols8(b_dt)
-                du0, du1, du2, du3, du4, du5, du6, du7 = _cols8(b_dt * b_u)
-                k0, k1, k2, k3, k4, k5, k6, k7 = _cols8(b_keep)
-                B0, B1, B2, B3, B4, B5, B6, B7 = _cols8(b_Bt)
-                _, b_h = _recompute8(b_h, b_A2, dt0, du0, k0, B0, HAS_SEQ)
-                _, b_h = _recompute8(b_h, b_A2, dt1, du1, k1, B1, HAS_SEQ)
-                _, b_h = _recompute8(b_h, b_A2, dt2, du2, k2, B2, HAS_SEQ)
-                _, b_h = _recompute8(b_h, b_A2, dt3, du3, k3, B3, HAS_SEQ)
-                _, b_h = _recompute8(b_h, b_A2, dt4, du4, k4, B4, HAS_SEQ)
-                _, b_h = _recompute8(b_h, b_A2, dt5, du5, k5, B5, HAS_SEQ)
-                _, b_h = _recompute8(b_h, b_A2, dt6, du6, k6, B6, HAS_SEQ)
-                _, b_h = _recompute8(b_h, b_A2, dt7, du7, k7, B7, HAS_SEQ)
+                b_dt, b_x, b_u, b_Bt, b_keep = _state_inputs(p_delta, p_u, p_B, p_seq, o_t, m_dt, m_n,
+                                                             m_t, b_bias, SOFTPLUS, HAS_SEQ, BLOCK_D)
+                b_h = _walk8(b_h, b_A2, b_dt, b_dt * b_u, b_keep, b_Bt, HAS_SEQ)[15]
             tl.debug_barrier()  # the scratch writes are read back below, maybe by other threads
             # 2. reverse walk over the chunk; dh and a_next carry on into the previous chunk
             for kk in range(0, n_tiles):
@@ -141,9 +157,8 @@ def _bwd_grouped_kernel(
                 m_dt = m_d[:, None] & m_t[None, :]
                 m_nt = m_n[:, None] & m_t[None, :]
                 b_hp = tl.load(p_ck + k * (BLOCK_D * BLOCK_N))
-                b_dt, b_x = _delta_tile(p_delta + o_t[None, :], m_dt, b_bias, SOFTPLUS)
-                b_u = tl.load(p_u + o_t[None, :], mask=m_dt, other=0.0).to(tl.float32)
-                b_Bt = tl.load(p_B + o_t[None, :], mask=m_nt, other=0.0).to(tl.float32)
+                b_dt, b_x, b_u, b_Bt, b_keep = _state_inputs(p_delta, p_u, p_B, p_seq, o_t, m_dt, m_n,
+                                                             m_t, b_bias, SOFTPLUS, HAS_SEQ, BLOCK_D)
                 b_Ct = tl.load(p_C + o_t[None, :], mask=m_nt, other=0.0).to(tl.float32)
                 b_do = tl.load(dout_ptr + p_row + o_t[None, :], mask=m_dt, other=0.0).to(tl.float32)
                 if HAS_Z:
@@ -152,22 +167,14 @@ def _bwd_grouped_kernel(
                     b_dy = b_do * b_z * b_sg
                 else:
                     b_dy = b_do
-                b_keep = _keep_tile(p_seq, o_t, m_t, HAS_SEQ, BLOCK_D)
                 b_du = b_dt * b_u
                 dt0, dt1, dt2, dt3, dt4, dt5, dt6, dt7 = _cols8(b_dt)
                 du0, du1, du2, du3, du4, du5, du6, du7 = _cols8(b_du)
-                k0, k1, k2, k3, k4, k5, k6, k7 = _cols8(b_keep)
                 dy0, dy1, dy2, dy3, dy4, dy5, dy6, dy7 = _cols8(b_dy)
                 B0, B1, B2, B3, B4, B5, B6, B7 = _cols8(b_Bt)
                 C0, C1, C2, C3, C4, C5, C6, C7 = _cols8(b_Ct)
-                a0, h0 = _recompute8(b_hp, b_A2, dt0, du0, k0, B0, HAS_SEQ)
-                a1, h1 = _recompute8(h0, b_A2, dt1, du1, k1, B1, HAS_SEQ)
-                a2, h2 = _recompute8(h1, b_A2, dt2, du2, k2, B2, HAS_SEQ)
-                a3, h3 = _recompute8(h2, b_A2, dt3, du3, k3, B3, HAS_SEQ)
-                a4, h4 = _recompute8(h3, b_A2, dt4, du4, k4, B4, HAS_SEQ)
-                a5, h5 = _recompute8(h4, b_A2, dt5, du5, k5, B5, HAS_SEQ)
-                a6, h6 = _recompute8(h5, b_A2, dt6, du6, k6, B6, HAS_SEQ)
-                a7, h7 = _recompute8(h6, b_A2, dt7, du7, k7, B7, HAS_SEQ)
+                a0, a1, a2, a3, a4, a5, a6, a7, h0, h1, h2, h3, h4, h5, h6, h7 = _walk8(
+                    b_hp, b_A2, b_dt, b_du, b_keep, b_Bt, HAS_SEQ)
                 b_dh, b_dA, dC7, dB7, fB7, fA7, y7 = _rev_step(b_dh, a_next, a7, h7, h6, dy7, du7, dt7, B7, C7, b_A, b_dA)
                 b_dh, b_dA, dC6, dB6, fB6, fA6, y6 = _rev_step(b_dh, a7, a6, h6, h5, dy6, du6, dt6, B6, C6, b_A, b_dA)
                 b_dh, b_dA, dC5, dB5, fB5, fA5, y5 = _rev_step(b_dh, a6, a5, h5, h4, dy5, du5, dt5, B5, C5, b_A, b_dA)
