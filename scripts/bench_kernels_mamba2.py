@@ -111,6 +111,43 @@ def norm_conv_rows(tokens=16384, dim=2048, batch=8):
                         bench(lambda: conv_bwd(xc.detach(), wc.detach(), bc.detach(), None, None, True, dyc)),
                         6 * n))
     os.environ.pop("BYTELM_CONV_BWD", None)
+    out += conv_roll_rows(xc, wc, bc, dyc, shape, n)
+    return out
+
+
+def conv_roll_rows(xc, wc, bc, dyc, shape, n):
+    """The rolling conv kernels (triton_roll.py): checked against the tile kernels here, then
+    timed at each ROLL_CFG (channels per program, unrolled steps, warps); the first is the
+    default. bwd rows with an L-contiguous dy (Mamba-1's conv) include its channel-last copy."""
+    from bytelm.kernels.causal_conv1d import triton_roll as roll
+    from bytelm.kernels.causal_conv1d.triton_bwd import conv_bwd
+    from bytelm.kernels.causal_conv1d.triton_fwd import conv_fwd
+
+    x, w, b = xc.detach(), wc.detach(), bc.detach()
+    y_ref = conv_fwd(x, w, b, None, None, True)
+    g_ref = conv_bwd(x, w, b, None, None, True, dyc)
+    dy_lc = dyc.contiguous()  # the same values, L-contiguous
+    out, saved = [], dict(roll.ROLL_CFG)
+    for bd, r, nw in ((128, 8, 1), (64, 8, 1), (256, 8, 1), (128, 4, 1), (128, 16, 1), (256, 8, 2),
+                      (512, 8, 4)):
+        roll.ROLL_CFG.update(block_d=bd, unroll=r, num_warps=nw)
+        tag = f"roll {bd}ch/{r}/{nw}w"
+        y = roll.conv_fwd_roll(x, w, b, None, None, True)
+        g = roll.conv_bwd_roll(x, w, b, None, None, True, dyc)
+        errs = [((a.float() - e.float()).norm() / e.float().norm()).item() for a, e in zip((y, *g[:3]), (y_ref, *g_ref[:3]))]
+        print(f"# {tag}: rel. difference to the tile kernels y {errs[0]:.1e} dx {errs[1]:.1e} "
+              f"dw {errs[2]:.1e} db {errs[3]:.1e}", flush=True)
+        if max(errs) > 2e-2:
+            out.append(_row(f"causal_conv1d W4 silu ({tag}) WRONG: {max(errs):.1e}", shape, "fwd", float("nan"), 4 * n))
+            continue
+        out.append(_row(f"causal_conv1d W4 silu ({tag})", shape, "fwd",
+                        bench(lambda: roll.conv_fwd_roll(x, w, b, None, None, True)), 4 * n))
+        out.append(_row(f"causal_conv1d W4 silu ({tag})", shape, "bwd",
+                        bench(lambda: roll.conv_bwd_roll(x, w, b, None, None, True, dyc)), 6 * n))
+        out.append(_row(f"causal_conv1d W4 silu ({tag}, L-contiguous dy)", shape, "bwd",
+                        bench(lambda: roll.conv_bwd_roll(x, w, b, None, None, True, dy_lc)), 6 * n))
+    roll.ROLL_CFG.clear()
+    roll.ROLL_CFG.update(saved)
     return out
 
 

@@ -10,6 +10,14 @@ CPU tensors (forward and backward), recording every launch (arguments, constexpr
 instead of running it; each distinct launch is then compiled to a cubin for sm_<arch> with the
 installed Triton and ptxas. It checks compilation only: numerics still need the GPU tests.
 Prints one line per kernel variant and exits non-zero if any fails.
+
+    python scripts/compile_check.py --paths conv --sass [--dump DIR]
+
+adds, per variant, what the cubin says without running it (Triton's bundled cuobjdump): registers
+per thread, stack bytes per thread (where ptxas spills registers: LDL/STL traffic), static
+shared memory, and the SASS instruction count by class
+(global loads / stores, shared-memory traffic, barriers, shuffles, SFU ops, int64-looking address
+math). Static counts: a loop body counts once. --dump writes each variant's SASS to DIR.
 """
 
 from __future__ import annotations
@@ -17,7 +25,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
+import subprocess
 import sys
+import tempfile
+from collections import Counter
 from contextlib import contextmanager
 
 import torch
@@ -33,10 +45,8 @@ MODULES = ["bytelm.kernels.selective_scan.triton_fwd", "bytelm.kernels.selective
            "bytelm.kernels.selective_scan.triton_bwd_grouped",
            "bytelm.kernels.ssd.triton_fwd", "bytelm.kernels.ssd.triton_bwd",
            "bytelm.kernels.causal_conv1d.triton_fwd", "bytelm.kernels.causal_conv1d.triton_bwd",
+           "bytelm.kernels.causal_conv1d.triton_roll",
            "bytelm.kernels.rms_norm.triton_fwd", "bytelm.kernels.rms_norm.triton_bwd"]
-PTR = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.float16: "*fp16",
-       torch.int32: "*i32", torch.int64: "*i64", torch.float64: "*fp64"}
-
 
 @contextmanager
 def recording(calls: list):
@@ -63,29 +73,20 @@ def recording(calls: list):
             setattr(mod, name, obj)
 
 
-def signature_of(fn, args, kwargs):
-    """(signature, constexprs, options) of one recorded launch."""
-    options = {k: kwargs[k] for k in ("num_warps", "num_stages") if k in kwargs}
-    values = dict(zip(fn.arg_names, args))
-    values.update({k: v for k, v in kwargs.items() if k not in options})
-    sig, const = {}, {}
-    for p in fn.params:
-        v = values.get(p.name)
-        if p.is_constexpr:
-            sig[p.name], const[p.name] = "constexpr", v
-        elif isinstance(v, torch.Tensor):
-            sig[p.name] = PTR[v.dtype]
-        elif isinstance(v, bool):
-            sig[p.name] = "i1"
-        elif isinstance(v, int):
-            sig[p.name] = "i32" if -2**31 <= v < 2**31 else "i64"
-        elif isinstance(v, float):
-            sig[p.name] = "fp32"
-        elif v is None:
-            sig[p.name], const[p.name] = "constexpr", None
-        else:
-            raise TypeError(f"{fn.__name__}: argument {p.name} of type {type(v).__name__}")
-    return sig, const, options
+def specialize(fn, args, kwargs, target):
+    """(signature, constexprs, attrs, options) of one recorded launch, as Triton's launcher would
+    compile it on a GPU of `target`: the JIT's own binder turns ints equal to 1 into constexprs
+    and marks pointers (16-byte aligned) and ints divisible by 16 (`tt.divisibility`), which is
+    what lets the compiler vectorise loads; compiling without these hints gives other code
+    (scalar loads, spills) than the GPU runs."""
+    from triton.backends.nvidia.compiler import CUDABackend
+    from triton.runtime.jit import create_function_from_signature
+
+    backend = CUDABackend(target)
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    bound, spec, opts = binder(*args, **kwargs)
+    options, sig, const, attrs = fn._pack_args(backend, dict(kwargs), bound, spec, opts)
+    return sig, const, attrs, options.__dict__
 
 
 def scan_path(bwd: str, fwd: str = "seq", batch=2, dim=64, L=1000, N=16, G=1, dtype=torch.bfloat16):
@@ -129,10 +130,13 @@ def ssd_path(headdim=64, dstate=128, chunk=256, heads=2, batch=2, L=600, dtype=t
 
 
 def conv_path(version: str, dim=256, L=600, batch=2, width=4, dtype=torch.bfloat16):
-    """causal_conv1d forward + backward (channel-last and contiguous, seq_idx, initial state)."""
+    """causal_conv1d forward + backward (channel-last and contiguous x; plain as in the
+    benchmark, with a channel-last cotangent; seq_idx and initial state with an L-contiguous
+    one). version: BYTELM_CONV_BWD (roll: the rolling forward too)."""
     from bytelm.kernels.causal_conv1d.triton_op import causal_conv1d
 
     os.environ["BYTELM_CONV_BWD"] = version
+    os.environ["BYTELM_CONV_FWD"] = "roll" if version == "roll" else "tile"
     g = torch.Generator().manual_seed(0)
     w = torch.randn(dim, width, generator=g).requires_grad_()
     b = torch.randn(dim, generator=g).requires_grad_()
@@ -141,8 +145,11 @@ def conv_path(version: str, dim=256, L=600, batch=2, width=4, dtype=torch.bfloat
               torch.randn(batch, dim, L, generator=g).to(dtype)):
         x.requires_grad_()
         h0 = torch.randn(batch, dim, width - 1, generator=g).to(dtype).requires_grad_()
+        y = causal_conv1d(x, w, b, "silu")
+        y.backward(torch.randn_like(y))
         causal_conv1d(x, w, b, "silu", seq_idx=seq_idx).float().sum().backward()
         causal_conv1d(x, w, b, "silu", initial_state=h0).float().sum().backward()
+    os.environ.pop("BYTELM_CONV_FWD")
 
 
 def norm_path(dim=2048, rows=64, dtype=torch.bfloat16):
@@ -172,15 +179,57 @@ PATHS = {
     "ssd": ssd_path,
     # bytelm synth's Mamba-2 (d_model 64): the padded small-tile launches
     "ssd-small": lambda: [ssd_path(32, n, 64, heads=4) for n in (16, 256)],
-    "conv": lambda: [conv_path(v) for v in ("v1", "v2")],
+    "conv": lambda: [conv_path(v) for v in ("v1", "v2", "roll")],
+    "conv-roll": lambda: conv_path("roll"),
     "norm": norm_path,
 }
+
+
+# SASS opcode classes for --sass (first match wins; the opcode is the mnemonic before the first '.')
+SASS_CLASSES = [("LDG", ("LDG",)), ("STG", ("STG",)), ("RED/ATOM", ("RED", "ATOM", "ATOMG")),
+                ("LDS", ("LDS", "LDSM")), ("STS", ("STS",)), ("BAR", ("BAR",)),
+                ("SHFL", ("SHFL",)), ("MUFU", ("MUFU",)), ("LDL/STL", ("LDL", "STL")),
+                ("MMA", ("HMMA", "HGMMA", "IMMA")), ("FP32", ("FFMA", "FADD", "FMUL", "FMNMX", "FSEL",
+                                                          "FSETP")),
+                ("INT", ("IMAD", "IADD3", "LEA", "LOP3", "SHF", "ISETP", "SEL", "IMNMX", "PRMT",
+                         "IABS", "MOV"))]
+_TOOLS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+
+
+def sass_report(kernel, name: str, dump: str | None) -> str:
+    """One line: registers, spills, shared memory and SASS opcode counts of a compiled kernel."""
+    cuobjdump = os.path.join(_TOOLS, "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        res = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
+        sass = subprocess.run([cuobjdump, "-sass", f.name], capture_output=True, text=True).stdout
+    usage = dict(re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", res))  # STACK: spill space / thread
+    ops = Counter()
+    for line in sass.splitlines():
+        m = re.match(r"\s*/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9]*)", line)
+        if m:
+            ops[m.group(1)] += 1
+    by_class = Counter()
+    for op, n in ops.items():
+        cls = next((c for c, names in SASS_CLASSES if op in names), "other")
+        by_class[cls] += n
+    if dump:
+        os.makedirs(dump, exist_ok=True)
+        with open(os.path.join(dump, f"{name}.sass"), "w") as out:
+            out.write(sass)
+    classes = " ".join(f"{c}={by_class[c]}" for c, _ in SASS_CLASSES + [("other", ())] if by_class[c])
+    return (f"      regs={usage.get('REG', '?')} stack={usage.get('STACK', '?')}B "
+            f"smem={kernel.metadata.shared}B  sass={sum(ops.values())}: {classes}")
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: Hopper)")
     p.add_argument("--paths", default=",".join(PATHS), help="comma-separated: " + ", ".join(PATHS))
+    p.add_argument("--sass", action="store_true",
+                   help="per variant: registers, spills, shared memory, SASS opcode counts")
+    p.add_argument("--dump", metavar="DIR", help="with --sass: write each variant's SASS to DIR")
     args = p.parse_args()
     target = GPUTarget("cuda", args.arch, 32)
     calls: list = []
@@ -191,16 +240,20 @@ def main() -> int:
             PATHS[name]()
     seen, failed = set(), 0
     for fn, a, k in calls:
-        sig, const, options = signature_of(fn, a, k)
-        key = (fn.__name__, tuple(sorted(sig.items())), tuple(sorted(const.items(), key=str)),
-               tuple(sorted(options.items())))
+        sig, const, attrs, options = specialize(fn, a, k, target)
+        key = (fn.__name__, tuple(sorted(sig.items())), repr(sorted(const.items(), key=str)),
+               repr(sorted(attrs.items())), repr(sorted(options.items(), key=str)))
         if key in seen:
             continue
         seen.add(key)
-        flags = " ".join(f"{n}={v}" for n, v in const.items() if v not in (None, False))[:110]
+        names = [p.name for p in fn.params]
+        flags = " ".join(f"{names[i[0]]}={v}" for i, v in const.items()
+                         if v not in (None, False) and not names[i[0]].startswith("s_"))[:110]
         try:
-            triton.compile(ASTSource(fn, sig, const), target=target, options=options)
+            kernel = triton.compile(ASTSource(fn, sig, const, attrs), target=target, options=options)
             print(f"ok    {fn.__name__} {flags}", flush=True)
+            if args.sass:
+                print(sass_report(kernel, f"{len(seen):02d}_{fn.__name__}", args.dump), flush=True)
         except Exception as err:  # noqa: BLE001 - every failure is reported, the rest still compiled
             failed += 1
             msg = str(err).strip().splitlines()

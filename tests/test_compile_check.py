@@ -53,16 +53,24 @@ calls = []
 class Recorder:  # the same recording as cc.recording, on this module's kernels
     def __init__(self, fn): self.fn = fn
     def __getitem__(self, grid): return lambda *a, **kw: calls.append((self.fn, a, kw))
-Recorder(k.good)[(1,)](torch.empty(64), 3, B=16, num_warps=2)
-fn, args, kwargs = calls[0]
-sig, const, options = cc.signature_of(fn, args, kwargs)
-assert sig == {{"x_ptr": "*fp32", "n": "i32", "B": "constexpr"}}, sig
-assert const == {{"B": 16}} and options == {{"num_warps": 2}}, (const, options)
 target = GPUTarget("cuda", 90, 32)
-triton.compile(ASTSource(k.good, sig, const), target=target, options=options)
+# as the launcher specialises: n == 1 becomes a constexpr, n == 32 an int divisible by 16,
+# n == 3 a plain int; the 16-byte-aligned pointer carries tt.divisibility
+for n, n_sig, n_attr in ((3, "i32", []), (32, "i32", [["tt.divisibility", 16]]), (1, "constexpr", None)):
+    Recorder(k.good)[(1,)](torch.empty(64), n, B=16, num_warps=2)
+    fn, args, kwargs = calls[-1]
+    sig, const, attrs, options = cc.specialize(fn, args, kwargs, target)
+    assert sig == {{"x_ptr": "*fp32", "n": n_sig, "B": "constexpr"}}, sig
+    assert const[(2,)] == 16 and options["num_warps"] == 2, (const, options)
+    assert attrs[(0,)] == [["tt.divisibility", 16]] and attrs.get((1,)) == n_attr, attrs
+    if n == 1:
+        assert const[(1,)] == 1, const
+triton.compile(ASTSource(k.good, sig, const, attrs), target=target, options=options)
 print("good compiled")
+Recorder(k.good)[(1,)](torch.empty(64), 3, B=16, num_warps=2)
+sig, const, attrs, options = cc.specialize(*calls[-1], target)
 try:
-    triton.compile(ASTSource(k.carried_shape_changes, sig, const), target=target, options=options)
+    triton.compile(ASTSource(k.carried_shape_changes, sig, const, attrs), target=target, options=options)
 except Exception as err:
     print("rejected:", str(err).strip().splitlines()[-1])
 else:

@@ -149,17 +149,23 @@ def test_rms_norm_odd_width_three_groups():
     check([y], [yr], [x, w, z], ins64, 1e-5)
 
 
-@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize("version", ["v1", "v2", "roll"])
 @pytest.mark.parametrize("channel_last", [True, False])
 @pytest.mark.parametrize("with_state", [True, False])
 def test_causal_conv1d_backward_versions_over_many_programs(version, channel_last, with_state,
                                                             monkeypatch):
-    """Both backward kernels (BYTELM_CONV_BWD) on a length that spans several programs and tiles
-    along L, with and without initial_state and packed documents: every gradient against float64."""
-    from bytelm.kernels.causal_conv1d import triton_bwd
+    """Every backward kernel (BYTELM_CONV_BWD; with roll, the rolling forward too) on a length
+    that spans several programs and tiles along L, with and without initial_state and packed
+    documents: every gradient against float64. The rolling kernels run for channel-last x only
+    (the other layout falls back to the tile kernels)."""
+    from bytelm.kernels.causal_conv1d import triton_bwd, triton_roll
     monkeypatch.setenv("BYTELM_CONV_BWD", version)
+    if version == "roll":
+        monkeypatch.setenv("BYTELM_CONV_FWD", "roll")
     if not CUDA:  # several programs along L, each over several tiles, at an interpreter size
         monkeypatch.setattr(triton_bwd, "BWD4_TILES_PER_PROGRAM", 2)
+        # two strips of channels (the second partial), 64-position chunks (5 along 300)
+        monkeypatch.setitem(triton_roll.ROLL_CFG, "block_d", 16)
     torch.manual_seed(5)
     batch, seqlen, dim = 2, 4500 if CUDA else 300, DIM if CUDA else 24
     x = torch.randn(batch, seqlen, dim, device=DEV).transpose(1, 2) if channel_last \
@@ -176,16 +182,59 @@ def test_causal_conv1d_backward_versions_over_many_programs(version, channel_las
 
 
 def test_conv_backward_switch(monkeypatch):
-    """BYTELM_CONV_BWD: unset or v1 is the general kernel, v2 the width-4 one; anything else is
-    a one-line UserError naming the values (it used to fall back to v1 silently)."""
+    """BYTELM_CONV_BWD: unset or v1 is the general kernel, v2 the width-4 one, roll the rolling
+    one; anything else is a one-line UserError naming the values (it used to fall back to v1
+    silently), raised by the forward, which fixes the backward's version."""
     from bytelm.errors import UserError
     from bytelm.kernels.dispatch import env_choice
 
     monkeypatch.setenv("BYTELM_CONV_BWD", "V2 ")
     assert env_choice("BYTELM_CONV_BWD", ("v1", "v2"), "version 1") == "v2"
-    monkeypatch.setenv("BYTELM_CONV_BWD", "v3")
     x = torch.randn(1, 4, 9, device=DEV, requires_grad=True)
     w = torch.randn(4, 4, device=DEV, requires_grad=True)
-    y = causal_conv1d(x, w, None, "silu")
-    with pytest.raises(UserError, match="BYTELM_CONV_BWD='v3' is not one of v1, v2"):
-        y.sum().backward()
+    for name, bad in (("BYTELM_CONV_BWD", "v3"), ("BYTELM_CONV_FWD", "v2")):
+        monkeypatch.setenv(name, bad)
+        with pytest.raises(UserError, match=f"{name}='{bad}' is not one of"):
+            causal_conv1d(x, w, None, "silu")
+        monkeypatch.delenv(name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("silu", [True, False])
+@pytest.mark.parametrize("dy_layout", ["channel-last", "contiguous"])
+def test_rolling_conv_kernels(dtype, silu, dy_layout, monkeypatch):
+    """The rolling kernels (BYTELM_CONV_FWD/BWD=roll) against float64: forward, every gradient
+    and the final state, with packed documents and an initial state, over several chunks and
+    channel strips; the cotangent either channel-last (Mamba-2's) or L-contiguous (what Mamba-1's
+    conv receives, copied to channel-last by the backward)."""
+    import importlib
+    from bytelm.kernels.causal_conv1d import triton_roll
+    op = importlib.import_module("bytelm.kernels.causal_conv1d.triton_op")
+    monkeypatch.setenv("BYTELM_CONV_FWD", "roll")
+    monkeypatch.setenv("BYTELM_CONV_BWD", "roll")
+    calls = []
+    for name in ("conv_fwd_roll", "conv_bwd_roll"):
+        fn = getattr(triton_roll, name)
+        monkeypatch.setattr(op, name, lambda *a, _fn=fn, _n=name: calls.append(_n) or _fn(*a))
+    if not CUDA:
+        monkeypatch.setitem(triton_roll.ROLL_CFG, "block_d", 16)
+        monkeypatch.setitem(triton_roll.ROLL_CFG, "unroll", 4)
+    torch.manual_seed(6)
+    batch, seqlen, dim = 2, 3000 if CUDA else 150, DIM if CUDA else 20
+    x = torch.randn(batch, seqlen, dim, device=DEV, dtype=dtype).transpose(1, 2)
+    w, b = torch.randn(dim, 4, device=DEV) * 0.5, torch.randn(dim, device=DEV)
+    init = torch.randn(batch, dim, 3, device=DEV, dtype=dtype)
+    seq_idx = packed(batch, seqlen, ndocs=6)
+    ins = [leaf(t) for t in (x, w, b, init)]
+    ins64 = [dbl(t) for t in ins]
+    act = "silu" if silu else None
+    y, fs = causal_conv1d(ins[0], ins[1], ins[2], act, seq_idx, ins[3], True)
+    yr, fr = causal_conv1d_ref(ins64[0], ins64[1], ins64[2], act, seq_idx, ins64[3], True)
+    assert y.stride(1) == 1 and rel_err(y, yr) <= TOL[dtype], rel_err(y, yr)
+    dy = torch.randn_like(y) if dy_layout == "channel-last" else torch.randn(y.shape, device=DEV).to(dtype)
+    dfs = torch.randn_like(fs)
+    grads = torch.autograd.grad([y, fs], ins, [dy, dfs])
+    grads64 = torch.autograd.grad([yr, fr], ins64, [dy.double(), dfs.double()])
+    for i, (g, r) in enumerate(zip(grads, grads64)):
+        assert not g.isnan().any() and rel_err(g, r) <= TOL[dtype], (i, rel_err(g, r))
+    assert calls == ["conv_fwd_roll", "conv_bwd_roll"]

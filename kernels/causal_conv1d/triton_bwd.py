@@ -220,7 +220,7 @@ def conv_bwd(x, weight, bias, initial_state, seg, silu, dy):
     """Returns dx (x's layout), dweight (dim, W), dbias or None, dinitial_state or None."""
     batch, dim, seqlen = x.shape
     width = weight.shape[1]
-    v2 = width == 4 and env_choice("BYTELM_CONV_BWD", ("v1", "v2"), "version 1") == "v2"
+    v2 = width == 4 and env_choice("BYTELM_CONV_BWD", ("v1", "v2", "roll"), "version 1") == "v2"
     # version 2 holds 7 shifted x tiles and 4 pre-activations at once: 16 fp32 values per
     # thread and tile (BWD4_TILE), not the forward's 32 (tile_for)
     bl, bd, nw = (BWD4_TILE[x.stride(1) == 1] if v2 else tile_for(x))

@@ -7,6 +7,8 @@ import torch
 
 from bytelm.kernels.causal_conv1d.triton_bwd import conv_bwd
 from bytelm.kernels.causal_conv1d.triton_fwd import conv_fwd, conv_update
+from bytelm.kernels.causal_conv1d.triton_roll import conv_bwd_roll, conv_fwd_roll, roll_supported
+from bytelm.kernels.dispatch import env_choice
 from bytelm.kernels.ssd.reference import segment_ids
 
 
@@ -18,19 +20,29 @@ def _silu_flag(activation):
     raise ValueError(f"activation must be None or 'silu', got {activation!r}")
 
 
+def _rolling(name: str, x, weight) -> bool:
+    """BYTELM_CONV_FWD / BYTELM_CONV_BWD = roll picks the rolling kernels (triton_roll.py) where
+    they apply (width 4, channel-last x); elsewhere, and by default, the tile kernels run."""
+    choices = ("tile", "roll") if name == "BYTELM_CONV_FWD" else ("v1", "v2", "roll")
+    return env_choice(name, choices, "the tile kernels") == "roll" and roll_supported(x, weight)
+
+
 class CausalConv1dFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, initial_state, seg, silu):
         weight = weight.contiguous()
-        y = conv_fwd(x, weight, bias, initial_state, seg, silu)
+        fwd = conv_fwd_roll if _rolling("BYTELM_CONV_FWD", x, weight) else conv_fwd
+        y = fwd(x, weight, bias, initial_state, seg, silu)
         ctx.save_for_backward(x, weight, bias, initial_state, seg)
         ctx.silu = silu
+        ctx.roll_bwd = _rolling("BYTELM_CONV_BWD", x, weight)  # chosen once, at forward time
         return y
 
     @staticmethod
     def backward(ctx, dy):
         x, weight, bias, initial_state, seg = ctx.saved_tensors
-        dx, dw, db, dinit = conv_bwd(x, weight, bias, initial_state, seg, ctx.silu, dy)
+        bwd = conv_bwd_roll if ctx.roll_bwd else conv_bwd
+        dx, dw, db, dinit = bwd(x, weight, bias, initial_state, seg, ctx.silu, dy)
         return dx, dw, db, dinit, None, None
 
 
