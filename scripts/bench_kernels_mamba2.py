@@ -117,8 +117,8 @@ def norm_conv_rows(tokens=16384, dim=2048, batch=8):
 
 def conv_roll_rows(xc, wc, bc, dyc, shape, n):
     """The rolling conv kernels (triton_roll.py): checked against the tile kernels here, then
-    timed at each ROLL_CFG (channels per program, unrolled steps, warps); the first is the
-    default. bwd rows with an L-contiguous dy (Mamba-1's conv) include its channel-last copy."""
+    timed at each ROLL_CFG (channels per program, unrolled steps, warps, programs per SM the
+    chunk length aims at); the first is the default. bwd rows with an L-contiguous dy (Mamba-1's conv) include its channel-last copy."""
     from bytelm.kernels.causal_conv1d import triton_roll as roll
     from bytelm.kernels.causal_conv1d.triton_bwd import conv_bwd
     from bytelm.kernels.causal_conv1d.triton_fwd import conv_fwd
@@ -128,10 +128,11 @@ def conv_roll_rows(xc, wc, bc, dyc, shape, n):
     g_ref = conv_bwd(x, w, b, None, None, True, dyc)
     dy_lc = dyc.contiguous()  # the same values, L-contiguous
     out, saved = [], dict(roll.ROLL_CFG)
-    for bd, r, nw in ((128, 8, 1), (64, 8, 1), (256, 8, 1), (128, 4, 1), (128, 16, 1), (256, 8, 2),
-                      (512, 8, 4)):
-        roll.ROLL_CFG.update(block_d=bd, unroll=r, num_warps=nw)
-        tag = f"roll {bd}ch/{r}/{nw}w"
+    for bd, r, nw, pps in ((128, 8, 1, 16), (128, 8, 1, 8), (128, 8, 1, 32), (64, 8, 1, 16),
+                           (256, 8, 1, 8), (128, 4, 1, 16), (128, 16, 1, 16), (256, 8, 2, 8),
+                           (512, 8, 4, 4)):
+        roll.ROLL_CFG.update(block_d=bd, unroll=r, num_warps=nw, programs_per_sm=pps)
+        tag = f"roll {bd}ch/{r}/{nw}w/{pps}"
         y = roll.conv_fwd_roll(x, w, b, None, None, True)
         g = roll.conv_bwd_roll(x, w, b, None, None, True, dyc)
         errs = [((a.float() - e.float()).norm() / e.float().norm()).item() for a, e in zip((y, *g[:3]), (y_ref, *g_ref[:3]))]

@@ -93,8 +93,9 @@ def profile_ssd(steps: int, H=32, P=64, N=128, Q=256) -> None:
 
 def profile_conv(steps: int, tokens=16384, dim=2048, batch=8) -> None:
     from bytelm.kernels.causal_conv1d.triton_op import causal_conv1d
-    for version in ("v1", "v2"):
+    for version in ("v1", "v2", "roll"):  # roll: the rolling forward as well
         os.environ["BYTELM_CONV_BWD"] = version
+        os.environ["BYTELM_CONV_FWD"] = "roll" if version == "roll" else "tile"
         x = torch.randn(batch, tokens // batch, dim, device="cuda", dtype=torch.bfloat16)
         leaves = dict(x=x.transpose(1, 2).requires_grad_(),
                       weight=torch.randn(dim, 4, device="cuda", requires_grad=True),
@@ -102,6 +103,7 @@ def profile_conv(steps: int, tokens=16384, dim=2048, batch=8) -> None:
         report(f"causal_conv1d W4 silu fwd+bwd, channel-last, {batch}x{tokens // batch} d{dim}, "
                f"BYTELM_CONV_BWD={version}", grad_step(causal_conv1d, leaves, activation="silu"), steps)
     os.environ.pop("BYTELM_CONV_BWD")
+    os.environ.pop("BYTELM_CONV_FWD")
 
 
 def profile_norm(steps: int, tokens=16384, dim=2048) -> None:

@@ -35,9 +35,11 @@ import triton.language as tl
 
 from bytelm.kernels.causal_conv1d.triton_fwd import like_layout
 
-# (channels per program, positions per unrolled step, warps); channels per thread =
-# BLOCK_D / (32 * warps). Chosen from the register count (compile_check --sass), not yet timed.
-ROLL_CFG = dict(block_d=128, unroll=8, num_warps=1)
+# channels per program, positions per unrolled step, warps (channels per thread = block_d /
+# (32 * warps)), and the programs per SM the chunk length aims at (chunk_for). Chosen from the
+# register count (compile_check --sass: 128 registers, no spills, so 16 one-warp programs fit
+# an SM), not yet timed; bench_kernels_mamba2.py sweeps them.
+ROLL_CFG = dict(block_d=128, unroll=8, num_warps=1, programs_per_sm=16)
 
 
 def roll_supported(x, weight) -> bool:
@@ -52,11 +54,12 @@ def channel_last(t):
 
 def chunk_for(batch, dim, seqlen, block_d, device):
     """Positions per program: the longest power of two from 1024 down to 64 that still gives
-    the GPU >= 16 programs per SM (each program walks its chunk serially)."""
+    the GPU ROLL_CFG["programs_per_sm"] programs per SM (each program walks its chunk serially,
+    so the parallelism along L comes from the chunks)."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
     strips = batch * triton.cdiv(dim, block_d)
     ch = 1024
-    while ch > 64 and strips * triton.cdiv(seqlen + 3, ch) < 16 * sms:
+    while ch > 64 and strips * triton.cdiv(seqlen + 3, ch) < ROLL_CFG["programs_per_sm"] * sms:
         ch //= 2
     return ch
 
