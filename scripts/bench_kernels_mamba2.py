@@ -82,12 +82,13 @@ def norm_conv_rows(tokens=16384, dim=2048, batch=8):
     out.append(_row("rms_norm +residual", shape, "bwd",
                     bench(lambda: torch.autograd.grad((y2, r2), (x, r, w), (dy, dr), retain_graph=True)),
                     14 * n))
-    # backward grid variants (programs per SM x warps; the default is 4 x num_warps_for(dim))
+    # backward variants (programs per SM x warps x pipeline stages of the row loop; the default
+    # is BWD_CFG: 8 x 4 x 1)
     from bytelm.kernels.rms_norm import triton_bwd as norm_bwd
     saved = dict(norm_bwd.BWD_CFG)
-    for pps, nw in ((8, None), (16, 4), (8, 4), (2, 16)):
-        norm_bwd.BWD_CFG.update(programs_per_sm=pps, num_warps=nw)
-        tag = f" (bwd {pps}/SM, {nw or 'default'} warps)"
+    for pps, nw, st in ((8, 4, 2), (8, 4, 3), (4, 8, 2), (4, 8, 3), (16, 4, 2), (2, 16, 2)):
+        norm_bwd.BWD_CFG.update(programs_per_sm=pps, num_warps=nw, num_stages=st)
+        tag = f" (bwd {pps}/SM, {nw or 'default'} warps, {st} stages)"
         out.append(_row("rms_norm gated" + tag, shape, "bwd",
                         bench(lambda: torch.autograd.grad(y, (x, z, w), dy, retain_graph=True)), 10 * n))
         out.append(_row("rms_norm +residual" + tag, shape, "bwd",

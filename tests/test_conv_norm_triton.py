@@ -238,3 +238,28 @@ def test_rolling_conv_kernels(dtype, silu, dy_layout, monkeypatch):
     for i, (g, r) in enumerate(zip(grads, grads64)):
         assert not g.isnan().any() and rel_err(g, r) <= TOL[dtype], (i, rel_err(g, r))
     assert calls == ["conv_fwd_roll", "conv_bwd_roll"]
+
+
+@pytest.mark.parametrize("stages", [2, 3])
+@pytest.mark.parametrize("residual", [False, True])
+def test_rms_norm_backward_pipeline_stages(stages, residual, monkeypatch):
+    """The RMSNorm backward with its row loop software-pipelined (BWD_CFG num_stages > 1; on a
+    GPU the next rows are prefetched through shared memory), several rows per program and a
+    last program with fewer rows: every gradient against float64."""
+    from bytelm.kernels.rms_norm import triton_bwd as norm_bwd
+    monkeypatch.setitem(norm_bwd.BWD_CFG, "num_stages", stages)
+    torch.manual_seed(7)
+    rows = 3001 if CUDA else 13
+    x, w = leaf(torch.randn(rows, DIM, device=DEV)), leaf(torch.randn(DIM, device=DEV))
+    z = leaf(torch.randn(rows, DIM, device=DEV)) if not residual else None
+    r = leaf(torch.randn(rows, DIM, device=DEV)) if residual else None
+    ins = [t for t in (x, w, r, z) if t is not None]
+    ins64 = [dbl(t) for t in ins]
+    it = iter(ins64)
+    x64, w64 = next(it), next(it)
+    r64 = next(it) if residual else None
+    z64 = next(it) if not residual else None
+    out = rms_norm(x, w, 1e-5, r, z)
+    ref = rms_norm_ref(x64, w64, 1e-5, r64, z64)
+    outs, refs = (list(out), list(ref)) if residual else ([out], [ref])
+    check(outs, refs, ins, ins64, 1e-5)

@@ -23,6 +23,7 @@ def _rms_norm_bwd_kernel(
     D: tl.constexpr, GS: tl.constexpr, NG: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr,
     HAS_GATE: tl.constexpr, HAS_DRES_OUT: tl.constexpr, HAS_DRES: tl.constexpr,
+    STAGES: tl.constexpr,
 ):
     i_p = tl.program_id(0)
     o_g = tl.arange(0, BLOCK_G)
@@ -33,7 +34,9 @@ def _rms_norm_bwd_kernel(
     b_dw = tl.zeros([BLOCK_G, BLOCK_S], dtype=tl.float32)
     row_start = i_p * rows_per_prog
     row_end = tl.minimum(row_start + rows_per_prog, n_rows)
-    for r in range(0, row_end - row_start):
+    # STAGES > 1: the compiler's software pipeline prefetches the next rows (cp.async into shared
+    # memory) while this one is computed; 1: each row's loads wait for the previous row's stores
+    for r in tl.range(0, row_end - row_start, num_stages=STAGES):
         i_row = row_start + r
         base = i_row.to(tl.int64) * D
         b_s = tl.load(S + base + o_tile, mask=m_tile, other=0.0).to(tl.float32)
@@ -69,8 +72,10 @@ def _rms_norm_bwd_kernel(
 # forward's choice). scripts/bench_kernels_mamba2.py times variants of both (kernels/NOTES.md).
 # H200, 2026-12-02, d 2048, 16K rows, bwd ms gated / +residual: (8/SM, 4 warps) 0.251 / 0.211;
 # (4/SM, 8 warps: the former default) 0.253 / 0.355; (2/SM, 16) 0.217 / 0.307; (16/SM, 4) 0.427
-# / 0.424; (8/SM, 8) 0.367 / 0.370.
-BWD_CFG = dict(programs_per_sm=8, num_warps=4)
+# / 0.424; (8/SM, 8) 0.367 / 0.370. num_stages: the row loop's software-pipeline depth (1: none,
+# as measured above; 2-3 prefetch rows through shared memory, 24 KB (gated) / 45 KB (+residual)
+# per program at 3; compile_check --sass shows the loads become LDGSTS), not yet timed.
+BWD_CFG = dict(programs_per_sm=8, num_warps=4, num_stages=1)
 
 
 def _num_programs(device, n_rows):
@@ -95,6 +100,6 @@ def rms_norm_bwd(s2, gate2, weight, rstd, dy2, dres_out2, x_dtype, res_dtype, gr
         s2, gate2, weight, rstd, dy2, dres_out2, dx, dres, dgate, dw_part, n_rows, rows_per_prog,
         D=dim, GS=group_size, NG=ngroups, BLOCK_G=block_g, BLOCK_S=block_s,
         HAS_GATE=gate2 is not None, HAS_DRES_OUT=dres_out2 is not None, HAS_DRES=has_res,
-        num_warps=BWD_CFG["num_warps"] or num_warps_for(dim),
+        STAGES=BWD_CFG["num_stages"], num_warps=BWD_CFG["num_warps"] or num_warps_for(dim),
     )
     return dx, dres, dgate, dw_part.sum(0).to(weight.dtype)
