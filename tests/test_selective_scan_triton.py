@@ -270,6 +270,20 @@ def test_backward_variant_matches_reference(monkeypatch, L, groups, chunk, opts,
                chunk_size=chunk, grad_y=grad_y, grad_final=grad_final)
 
 
+@pytest.mark.parametrize("L,groups,chunk,opts", [c for c in SEQ_BWD_CASES if c[2]])
+def test_sequential_backward_with_version2_state_tiles(monkeypatch, L, groups, chunk, opts):
+    """Version 3 with SEQ_BWD_CFG states="v2": its chunk_states pass in version 2's tiling
+    (whose outputs must not depend on the tiling), in every multi-chunk case above."""
+    from bytelm.kernels.selective_scan import triton_bwd_seq
+    for c in (triton_bwd_seq.SEQ_BWD_CFG, triton_bwd_seq.SEQ_BWD_CFG_INTERP):
+        monkeypatch.setitem(c, "states", "v2")
+    opts = dict(opts)
+    seq, grad_y, grad_final = opts.pop("seq", False), opts.pop("grad_y", True), opts.pop("grad_final", True)
+    inputs = make_inputs(2, DIM, NSTATE, L, groups, torch.float32, **opts)
+    check_scan(inputs, torch.float32, seq_idx=packed_seq_idx(2, L) if seq else None,
+               chunk_size=chunk, grad_y=grad_y, grad_final=grad_final)
+
+
 @pytest.mark.parametrize("version", ["chunked", "grouped"])
 def test_backward_variant_bf16(monkeypatch, version):
     monkeypatch.setenv("BYTELM_SCAN_BWD", version)

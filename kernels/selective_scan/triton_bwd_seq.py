@@ -232,8 +232,13 @@ def _bwd_seq_kernel(
 # 4) 9.73 / 10.06 / 21.29; (32, 1, 256, 8) 19.26 / 19.53 / 40.69. Version 2: 12.67 / 12.98 / 27.01.
 # Profile at 8x2048 (16, 1, 256, 8): chunk_states' _chunk_local_kernel 5.84 ms (its 16-channel,
 # 1-warp tiles), _bwd_seq_kernel 1.96, forward 0.62: triton_bwd_grouped.py removes the first.
-SEQ_BWD_CFG = dict(BLOCK_D=16, num_warps=1, T=256, programs_per_sm=8)
-SEQ_BWD_CFG_INTERP = dict(BLOCK_D=8, num_warps=1, T=16, programs_per_sm=3)
+# states: the tiling of chunk_states' pass when there are several chunks: "own" (this kernel's
+# channels and warps, 16 x 1: the measured 5.84 ms) or "v2" (version 2's BWD_CFG, 4 channels x
+# 4 warps x 128 steps, where the same pass over the same elements took 2.72 ms in version 2's
+# backward at 8x2048); its outputs do not depend on the tiling. "v2" is swept (bench_kernels.py
+# --sweep-parts bwd3), not yet the default: that tiling at 256-step chunks has not run on a GPU.
+SEQ_BWD_CFG = dict(BLOCK_D=16, num_warps=1, T=256, programs_per_sm=8, states="own")
+SEQ_BWD_CFG_INTERP = dict(BLOCK_D=8, num_warps=1, T=16, programs_per_sm=3, states="own")
 
 
 def scan_bwd_seq(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, initial_state,
@@ -246,10 +251,16 @@ def scan_bwd_seq(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, in
     T = min(T, triton.cdiv(L, 8) * 8)
     nc = triton.cdiv(L, T)
     if nc > 1:
-        h0, g = chunk_states(u, delta, A, B, C, z, dout, delta_bias, softplus, seq_idx, T, nc, BD,
+        if c["states"] == "v2":
+            from bytelm.kernels.selective_scan import triton_bwd  # imports this module
+            sc = cfg(triton_bwd.BWD_CFG, triton_bwd.BWD_CFG_INTERP)
+            s_bd, s_bl, s_nw = sc["BLOCK_D"], sc["BLOCK_L"], sc["num_warps"]
+        else:
+            s_bd, s_bl, s_nw = BD, 64, c["num_warps"]
+        h0, g = chunk_states(u, delta, A, B, C, z, dout, delta_bias, softplus, seq_idx, T, nc, s_bd,
                              fwd=True, bwd=True, initial_state=initial_state, dfinal=dfinal,
-                             BLOCK_L=next(b for b in (64, 32, 16, 8) if T % b == 0),
-                             num_warps=c["num_warps"])
+                             BLOCK_L=next(b for b in (s_bl, 64, 32, 16, 8) if b <= s_bl and T % b == 0),
+                             num_warps=s_nw)
     else:  # (batch, dim, N) reads as (batch, 1, dim, N)
         h0, g = initial_state, dfinal
     n_work = batch * nc * nbd
