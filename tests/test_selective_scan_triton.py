@@ -271,12 +271,13 @@ def test_backward_variant_matches_reference(monkeypatch, L, groups, chunk, opts,
 
 
 @pytest.mark.parametrize("L,groups,chunk,opts", [c for c in SEQ_BWD_CASES if c[2]])
-def test_sequential_backward_with_version2_state_tiles(monkeypatch, L, groups, chunk, opts):
-    """Version 3 with SEQ_BWD_CFG states="v2": its chunk_states pass in version 2's tiling
-    (whose outputs must not depend on the tiling), in every multi-chunk case above."""
+def test_sequential_backward_with_its_own_state_tiles(monkeypatch, L, groups, chunk, opts):
+    """Version 3 with SEQ_BWD_CFG states="own" (the GPU default is "v2", version 2's tiling of
+    the chunk_states pass, which the interpreter runs everywhere else): the pass's outputs must
+    not depend on its tiling, in every multi-chunk case above."""
     from bytelm.kernels.selective_scan import triton_bwd_seq
     for c in (triton_bwd_seq.SEQ_BWD_CFG, triton_bwd_seq.SEQ_BWD_CFG_INTERP):
-        monkeypatch.setitem(c, "states", "v2")
+        monkeypatch.setitem(c, "states", "own")
     opts = dict(opts)
     seq, grad_y, grad_final = opts.pop("seq", False), opts.pop("grad_y", True), opts.pop("grad_final", True)
     inputs = make_inputs(2, DIM, NSTATE, L, groups, torch.float32, **opts)

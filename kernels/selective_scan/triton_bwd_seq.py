@@ -232,13 +232,17 @@ def _bwd_seq_kernel(
 # 4) 9.73 / 10.06 / 21.29; (32, 1, 256, 8) 19.26 / 19.53 / 40.69. Version 2: 12.67 / 12.98 / 27.01.
 # Profile at 8x2048 (16, 1, 256, 8): chunk_states' _chunk_local_kernel 5.84 ms (its 16-channel,
 # 1-warp tiles), _bwd_seq_kernel 1.96, forward 0.62: triton_bwd_grouped.py removes the first.
-# states: the tiling of chunk_states' pass when there are several chunks: "own" (this kernel's
-# channels and warps, 16 x 1: the measured 5.84 ms) or "v2" (version 2's BWD_CFG, 4 channels x
-# 4 warps x 128 steps, where the same pass over the same elements took 2.72 ms in version 2's
-# backward at 8x2048); its outputs do not depend on the tiling. "v2" is swept (bench_kernels.py
-# --sweep-parts bwd3), not yet the default: that tiling at 256-step chunks has not run on a GPU.
-SEQ_BWD_CFG = dict(BLOCK_D=16, num_warps=1, T=256, programs_per_sm=8, states="own")
-SEQ_BWD_CFG_INTERP = dict(BLOCK_D=8, num_warps=1, T=16, programs_per_sm=3, states="own")
+# states: the tiling of chunk_states' pass when there are several chunks: "v2" (version 2's
+# BWD_CFG, 4 channels x 4 warps x 128 steps) or "own" (this kernel's 16 channels x 1 warp x 64,
+# the measured 5.84 ms at 8x2048 where version 2's backward ran the same pass over the same
+# elements in 2.72). Its outputs do not depend on the tiling. compile_check --sass (2026-12-02,
+# CPU): "own" compiles `_chunk_local_kernel` to 168 registers + 10,976 bytes of spill stack per
+# thread (14,495 LDL/STL), "v2" to 255 + 208 bytes. "v2" is the default on that evidence: its
+# binary is the one version 2's GPU tests ran (same constexprs; only the runtime chunk length
+# differs, 256 instead of 128, and multi-block chunks ran on the GPU with "own"); its timing
+# on the GPU is still to come (bench_kernels.py --sweep-parts bwd3).
+SEQ_BWD_CFG = dict(BLOCK_D=16, num_warps=1, T=256, programs_per_sm=8, states="v2")
+SEQ_BWD_CFG_INTERP = dict(BLOCK_D=8, num_warps=1, T=16, programs_per_sm=3, states="v2")
 
 
 def scan_bwd_seq(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, initial_state,
