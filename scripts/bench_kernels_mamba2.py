@@ -201,8 +201,52 @@ def ssd_rows(anchor, shapes=((8, 2048), (2, 8192), (1, 32768)), H=32, P=64, N=12
                 out.append(_row(label, shape, "fwd+bwd OOM", float("nan"), None, a_fb))
             torch.cuda.empty_cache()
         os.environ.pop("BYTELM_SSD_BWD", None)
+        out += _ssd_bwd_variants(ours_fb, leaves, shape, a_fb)
     del ssd_ref
     return out
+
+
+def _ssd_bwd_variants(ours_fb, leaves, shape, a_fb):
+    """The Triton backward with _chunk_bwd_kernel at 8 warps (triton_bwd.BWD_CFG; 4 is the
+    default): gradients compared with the default's, then timed."""
+    from bytelm.kernels.ssd import triton_bwd
+
+    out, saved = [], dict(triton_bwd.BWD_CFG)
+    os.environ["BYTELM_SSD_BWD"] = "triton"
+    ref_grads = _grads_of(ours_fb, leaves)
+    for w in (8,):
+        triton_bwd.BWD_CFG["chunk_bwd_warps"] = w
+        try:
+            g = _grads_of(ours_fb, leaves)
+            err = max(((a - b).norm() / b.norm()).item() for a, b in zip(g, ref_grads))
+            print(f"# ssd bwd chunk_bwd_warps={w} at {shape}: gradients within {err:.1e} of the default's", flush=True)
+            label = f"ssd (Triton bwd, chunk_bwd {w} warps)" + ("" if err < 2e-2 else f" WRONG {err:.1e}")
+            out.append(_row(label, shape, "fwd+bwd", bench(ours_fb), None, a_fb))
+        except Exception as err:  # noqa: BLE001 - a variant that fails is reported, the table goes on
+            print(f"# ssd bwd chunk_bwd_warps={w}: failed ({type(err).__name__}: {err})"[:300], flush=True)
+        finally:
+            triton_bwd.BWD_CFG.clear()
+            triton_bwd.BWD_CFG.update(saved)
+    os.environ.pop("BYTELM_SSD_BWD", None)
+    return out
+
+
+def _grads_of(fb, leaves):
+    """The gradients fb's torch.autograd.grad returns, captured by running it under a patched
+    torch.autograd.grad (fb itself discards them)."""
+    got = []
+    grad = torch.autograd.grad
+
+    def capture(*a, **k):
+        res = grad(*a, **k)
+        got.append([r.float().clone() for r in res])
+        return res
+    torch.autograd.grad = capture
+    try:
+        fb()
+    finally:
+        torch.autograd.grad = grad
+    return got[-1]
 
 
 def rows(anchor_src=".carry/mamba_ssm_src"):

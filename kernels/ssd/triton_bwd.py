@@ -227,7 +227,11 @@ def _chunk_bwd_kernel(
 
 # Launch settings of the backward; BLOCK_Q must divide the chunk size (tests shrink it so that a
 # chunk spans several blocks in the interpreter).
-BWD_CFG = {"BLOCK_Q": 64}
+# chunk_bwd_warps: num_warps of _chunk_bwd_kernel at the tested widths. At the base shapes
+# (headdim 64, dstate 128) compile_check --sass gives 4 warps 255 registers + 640 bytes of spill
+# stack per thread, 8 warps 255 + 160 (its 141 KB of shared memory allow one program per SM
+# either way); 4 is what the GPU tests and timings ran, 8 is in bench_kernels_mamba2.py.
+BWD_CFG = {"BLOCK_Q": 64, "chunk_bwd_warps": 4}
 
 
 def ssd_bwd(dy, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, seg, saved, dfinal):
@@ -289,7 +293,7 @@ def ssd_bwd(dy, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, seg, sav
         *x.stride(), *B.stride(), *C.stride(), *dy.stride(), *dB.stride(),
         P=headdim, N=dstate, Q=Q, BLOCK_Q=block_q, BLOCK_P=bp, BLOCK_N=bn,
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_SEG=seg is not None,
-        PREC=prec, F32=INTERPRET, num_warps=warps(4, headdim, dstate),
+        PREC=prec, F32=INTERPRET, num_warps=warps(BWD_CFG["chunk_bwd_warps"], headdim, dstate),
     )
     # dcum -> d(dt·A): cum is an inclusive cumsum inside the chunk, cum_end its last entry
     dcum = dcum_t + dcum_s
