@@ -82,15 +82,8 @@ def _seg_at(SEG, i_b, t, L):
 
 
 @triton.jit
-def _conv_fwd_roll_kernel(
-    X, WEIGHT, BIAS, INIT, SEG, Y,
-    L, DIM, CH,
-    s_xb, s_xl, s_ib, s_id, s_il, s_yb, s_yl,
-    BLOCK_D: tl.constexpr, R: tl.constexpr,
-    HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEG: tl.constexpr, SILU: tl.constexpr,
-):
-    i_d, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_b = i_b.to(tl.int64)
+def _strip(WEIGHT, BIAS, i_d, DIM, BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """The program's channels, their mask, the four taps and the bias (fp32)."""
     o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
     m_d = o_d < DIM
     w0 = tl.load(WEIGHT + o_d * 4 + 0, mask=m_d, other=0.0).to(tl.float32)
@@ -100,7 +93,13 @@ def _conv_fwd_roll_kernel(
     b_bias = tl.zeros([BLOCK_D], dtype=tl.float32)
     if HAS_BIAS:
         b_bias = tl.load(BIAS + o_d, mask=m_d, other=0.0).to(tl.float32)
-    t0 = i_c * CH
+    return o_d, m_d, w0, w1, w2, w3, b_bias
+
+
+@triton.jit
+def _before(X, INIT, SEG, i_b, t0, o_d, m_d, L, s_xb, s_xl, s_ib, s_id, s_il,
+            HAS_INIT: tl.constexpr, HAS_SEG: tl.constexpr):
+    """What a walk starting at t0 carries in: x[t0-3], x[t0-2], x[t0-1] and their documents."""
     x_m3 = _x_row(X, INIT, i_b, t0 - 3, o_d, m_d, L, s_xb, s_xl, s_ib, s_id, s_il, HAS_INIT)
     x_m2 = _x_row(X, INIT, i_b, t0 - 2, o_d, m_d, L, s_xb, s_xl, s_ib, s_id, s_il, HAS_INIT)
     x_m1 = _x_row(X, INIT, i_b, t0 - 1, o_d, m_d, L, s_xb, s_xl, s_ib, s_id, s_il, HAS_INIT)
@@ -111,6 +110,23 @@ def _conv_fwd_roll_kernel(
         g_m3 = _seg_at(SEG, i_b, t0 - 3, L)
         g_m2 = _seg_at(SEG, i_b, t0 - 2, L)
         g_m1 = _seg_at(SEG, i_b, t0 - 1, L)
+    return x_m3, x_m2, x_m1, g_m3, g_m2, g_m1
+
+
+@triton.jit
+def _conv_fwd_roll_kernel(
+    X, WEIGHT, BIAS, INIT, SEG, Y,
+    L, DIM, CH,
+    s_xb, s_xl, s_ib, s_id, s_il, s_yb, s_yl,
+    BLOCK_D: tl.constexpr, R: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEG: tl.constexpr, SILU: tl.constexpr,
+):
+    i_d, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b = i_b.to(tl.int64)
+    o_d, m_d, w0, w1, w2, w3, b_bias = _strip(WEIGHT, BIAS, i_d, DIM, BLOCK_D, HAS_BIAS)
+    t0 = i_c * CH
+    x_m3, x_m2, x_m1, g_m3, g_m2, g_m1 = _before(X, INIT, SEG, i_b, t0, o_d, m_d, L, s_xb, s_xl,
+                                                 s_ib, s_id, s_il, HAS_INIT, HAS_SEG)
     p_y = Y + i_b * s_yb + o_d
     t_end = tl.minimum(t0 + CH, L)
     for tb in range(t0, t_end, R):
@@ -142,28 +158,12 @@ def _conv_bwd_roll_kernel(
     i_d, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     n_c = tl.num_programs(1)
     i_b = i_b.to(tl.int64)
-    o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    m_d = o_d < DIM
-    w0 = tl.load(WEIGHT + o_d * 4 + 0, mask=m_d, other=0.0).to(tl.float32)
-    w1 = tl.load(WEIGHT + o_d * 4 + 1, mask=m_d, other=0.0).to(tl.float32)
-    w2 = tl.load(WEIGHT + o_d * 4 + 2, mask=m_d, other=0.0).to(tl.float32)
-    w3 = tl.load(WEIGHT + o_d * 4 + 3, mask=m_d, other=0.0).to(tl.float32)
-    b_bias = tl.zeros([BLOCK_D], dtype=tl.float32)
-    if HAS_BIAS:
-        b_bias = tl.load(BIAS + o_d, mask=m_d, other=0.0).to(tl.float32)
+    o_d, m_d, w0, w1, w2, w3, b_bias = _strip(WEIGHT, BIAS, i_d, DIM, BLOCK_D, HAS_BIAS)
     p0 = i_c * CH - 3                     # this program's first input position
     p_end = tl.minimum(p0 + CH, L)        # dx for p in [p0, p_end); dw / db for t in [p0, p_end)
-    # inputs x[t-3..t-1], their documents, and dpre[t-3..t-1] (none before the walk starts)
-    x_m3 = _x_row(X, INIT, i_b, p0 - 3, o_d, m_d, L, s_xb, s_xl, s_ib, s_id, s_il, HAS_INIT)
-    x_m2 = _x_row(X, INIT, i_b, p0 - 2, o_d, m_d, L, s_xb, s_xl, s_ib, s_id, s_il, HAS_INIT)
-    x_m1 = _x_row(X, INIT, i_b, p0 - 1, o_d, m_d, L, s_xb, s_xl, s_ib, s_id, s_il, HAS_INIT)
-    g_m3 = tl.zeros([], dtype=tl.int32)
-    g_m2 = tl.zeros([], dtype=tl.int32)
-    g_m1 = tl.zeros([], dtype=tl.int32)
-    if HAS_SEG:
-        g_m3 = _seg_at(SEG, i_b, p0 - 3, L)
-        g_m2 = _seg_at(SEG, i_b, p0 - 2, L)
-        g_m1 = _seg_at(SEG, i_b, p0 - 1, L)
+    # inputs x[t-3..t-1] and their documents, and dpre[t-3..t-1] (none before the walk starts)
+    x_m3, x_m2, x_m1, g_m3, g_m2, g_m1 = _before(X, INIT, SEG, i_b, p0, o_d, m_d, L, s_xb, s_xl,
+                                                 s_ib, s_id, s_il, HAS_INIT, HAS_SEG)
     d_m3 = tl.zeros([BLOCK_D], dtype=tl.float32)
     d_m2 = tl.zeros([BLOCK_D], dtype=tl.float32)
     d_m1 = tl.zeros([BLOCK_D], dtype=tl.float32)
