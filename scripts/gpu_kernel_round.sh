@@ -17,7 +17,7 @@
 #         GPU to itself;
 # models: bench_models.py (one training step of every base preset and anchor);
 # profile: profile_kernels.py (CUDA time per launched kernel of each op's training step).
-# Env: PYTEST_S (300), CHECK_S (60), LOSS_S (200), SWEEP_S (120), BENCH1_S (60), BENCH2_S (150),
+# Env: PYTEST_S (300), CHECK_S (60), LOSS_S (200), SWEEP_S (200), BENCH1_S (60), BENCH2_S (240),
 #      MODELS_S (200), PROFILE_S (150): each step's limit in seconds; SWEEP_PARTS (bwd31,bwd3).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -80,10 +80,10 @@ for name, s in (("triton", tri_s), ("reference", ref_s)):
 PY
 }
 bench() {
-  TAIL=30 step bench_sweep "${SWEEP_S:-120}" python3 scripts/bench_kernels.py --ops selective_scan \
+  TAIL=30 step bench_sweep "${SWEEP_S:-200}" python3 scripts/bench_kernels.py --ops selective_scan \
     --sweep-only --sweep-parts "${SWEEP_PARTS:-bwd31,bwd3}"
   step bench_scan "${BENCH1_S:-60}" python3 scripts/bench_kernels.py --ops selective_scan --no-compile-ref
-  step bench_mamba2 "${BENCH2_S:-150}" python3 scripts/bench_kernels_mamba2.py --anchor-src .carry/mamba_ssm_src
+  step bench_mamba2 "${BENCH2_S:-240}" python3 scripts/bench_kernels_mamba2.py --anchor-src .carry/mamba_ssm_src
 }
 models() {
   step bench_models "${MODELS_S:-200}" python3 scripts/bench_models.py --anchor-src .carry/mamba_ssm_src
