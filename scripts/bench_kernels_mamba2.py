@@ -51,11 +51,17 @@ def bench(fn):
     return do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
+ECHO = False  # set by the script's main: _row prints each row
+
+
 def _row(op, shape, pas, ms, nbytes=None, anchor_ms=None):
     floor = nbytes / COPY_BW * 1e3 if nbytes else None
-    return dict(op=op, shape=shape, **{"pass": pas}, ms=ms, floor_ms=floor,
-                pct_floor=(100 * floor / ms) if floor else None, anchor_ms=anchor_ms,
-                speedup=(anchor_ms / ms) if anchor_ms else None)
+    row = dict(op=op, shape=shape, **{"pass": pas}, ms=ms, floor_ms=floor,
+               pct_floor=(100 * floor / ms) if floor else None, anchor_ms=anchor_ms,
+               speedup=(anchor_ms / ms) if anchor_ms else None)
+    if ECHO:  # the script's own run prints each row as it is measured (a time limit keeps them)
+        print(format_rows([row]), flush=True)
+    return row
 
 
 def norm_conv_rows(tokens=16384, dim=2048, batch=8):
@@ -278,8 +284,8 @@ if __name__ == "__main__":
     print(f"# {datetime.date.today()} {torch.cuda.get_device_name()} torch {torch.__version__}; "
           f"floors at this GPU's copy bandwidth, {COPY_BW / 1e12:.2f} TB/s (read + written)")
     print("\n".join(HEADER), flush=True)
-    for r in norm_conv_rows():  # printed as they come, so a time limit still leaves rows
-        print(format_rows([r]), flush=True)
+    ECHO = True  # _row prints every row as it comes
+    norm_conv_rows()
     anchor = load_anchor(args.anchor_src)
     for shape in ((8, 2048), (2, 8192), (1, 32768)):
-        print(format_rows(ssd_rows(anchor, shapes=(shape,))), flush=True)
+        ssd_rows(anchor, shapes=(shape,))
