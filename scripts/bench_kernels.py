@@ -279,11 +279,11 @@ def _sweep_backward_v3(check, ref, grouped=False) -> None:
     os.environ["BYTELM_SCAN_BWD"] = "grouped" if grouped else "seq"
     print(f"\nsweep: backward version {'3.1 (grouped)' if grouped else '3 (sequential)'}, fwd+bwd ms")
     for c in [dict(BLOCK_D=16, num_warps=1, T=256, programs_per_sm=8),
-              *([dict(BLOCK_D=16, num_warps=1, T=256, programs_per_sm=8, states="own"),
-                 # 8 channels: the sm_90 compile without spills (16: 712 bytes of stack)
-                 dict(BLOCK_D=8, num_warps=1, T=256, programs_per_sm=16),
-                 dict(BLOCK_D=8, num_warps=1, T=256, programs_per_sm=8)]
+              *([dict(BLOCK_D=16, num_warps=1, T=256, programs_per_sm=8, states="own")]
                 if not grouped else []),
+              # 8 channels: the sm_90 compiles without spills (16: 712 / 400 bytes of stack)
+              dict(BLOCK_D=8, num_warps=1, T=256, programs_per_sm=16),
+              dict(BLOCK_D=8, num_warps=1, T=256, programs_per_sm=8),
               dict(BLOCK_D=32, num_warps=2, T=256, programs_per_sm=4),
               dict(BLOCK_D=16, num_warps=1, T=256, programs_per_sm=16),
               dict(BLOCK_D=32, num_warps=1, T=256, programs_per_sm=8),

@@ -102,6 +102,24 @@ def norm_conv_rows(tokens=16384, dim=2048, batch=8):
                         14 * n))
     norm_bwd.BWD_CFG.clear()
     norm_bwd.BWD_CFG.update(saved)
+    # forward variants: rows per program x pipeline stages (the default: rows_per_program, 1)
+    from bytelm.kernels.rms_norm import triton_fwd as norm_fwd
+    saved = dict(norm_fwd.FWD_CFG)
+    with torch.no_grad():
+        y_def, (y2_def, r2_def) = rms_norm(x, w, 1e-5, None, z), rms_norm(x, w, 1e-5, r)
+    for rows, st in ((4, 2), (8, 2), (16, 2), (16, 3), (32, 3)):
+        norm_fwd.FWD_CFG.update(rows=rows, num_stages=st)
+        tag = f" (fwd {rows} rows/program, {st} stages)"
+        with torch.no_grad():
+            got = (rms_norm(x, w, 1e-5, None, z), *rms_norm(x, w, 1e-5, r))
+        diff = max(((a.float() - b.float()).abs().max()).item() for a, b in zip(got, (y_def, y2_def, r2_def)))
+        print(f"#{tag}: max abs difference to the default forward {diff:.1e}", flush=True)
+        if diff > 1e-2:
+            tag += f" WRONG {diff:.1e}"
+        out.append(_row("rms_norm gated" + tag, shape, "fwd", bench(lambda: rms_norm(x, w, 1e-5, None, z)), 6 * n))
+        out.append(_row("rms_norm +residual" + tag, shape, "fwd", bench(lambda: rms_norm(x, w, 1e-5, r)), 12 * n))
+    norm_fwd.FWD_CFG.clear()
+    norm_fwd.FWD_CFG.update(saved)
     # conv: channel-last (B, D, L) view as the models pass it; read x write y | read x, dy write dx
     xc = torch.randn(batch, tokens // batch, dim, device="cuda", dtype=bf).transpose(1, 2).requires_grad_()
     wc = torch.randn(dim, 4, device="cuda", requires_grad=True)

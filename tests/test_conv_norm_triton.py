@@ -243,12 +243,15 @@ def test_rolling_conv_kernels(dtype, silu, dy_layout, monkeypatch):
 
 @pytest.mark.parametrize("stages", [2, 3])
 @pytest.mark.parametrize("residual", [False, True])
-def test_rms_norm_backward_pipeline_stages(stages, residual, monkeypatch):
-    """The RMSNorm backward with its row loop software-pipelined (BWD_CFG num_stages > 1; on a
-    GPU the next rows are prefetched through shared memory), several rows per program and a
-    last program with fewer rows: every gradient against float64."""
+def test_rms_norm_pipeline_stages(stages, residual, monkeypatch):
+    """RMSNorm forward and backward with their row loops software-pipelined (FWD_CFG / BWD_CFG
+    num_stages > 1; on a GPU the next rows are prefetched through shared memory), several rows
+    per program and a last program with fewer rows: outputs and every gradient against float64."""
     from bytelm.kernels.rms_norm import triton_bwd as norm_bwd
+    from bytelm.kernels.rms_norm import triton_fwd as norm_fwd
     monkeypatch.setitem(norm_bwd.BWD_CFG, "num_stages", stages)
+    monkeypatch.setitem(norm_fwd.FWD_CFG, "num_stages", stages)
+    monkeypatch.setitem(norm_fwd.FWD_CFG, "rows", 4)
     torch.manual_seed(7)
     rows = 3001 if CUDA else 13
     x, w = leaf(torch.randn(rows, DIM, device=DEV)), leaf(torch.randn(DIM, device=DEV))
