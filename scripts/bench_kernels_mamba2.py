@@ -127,15 +127,12 @@ def norm_conv_rows(tokens=16384, dim=2048, batch=8):
     yc = causal_conv1d(xc, wc, bc, "silu")
     dyc = torch.randn_like(yc)
     out.append(_row("causal_conv1d W4 silu", shape, "fwd", bench(lambda: causal_conv1d(xc, wc, bc, "silu")), 4 * n))
-    for version in ("v2", "v1"):  # BYTELM_CONV_BWD: the width-4 kernel, then the general one
-        os.environ["BYTELM_CONV_BWD"] = version
-        out.append(_row(f"causal_conv1d W4 silu (bwd {version})", shape, "bwd",
-                        bench(lambda: torch.autograd.grad(yc, (xc, wc, bc), dyc, retain_graph=True)), 6 * n))
-        # the kernel launch alone (no autograd engine): what the launch overhead hides
-        out.append(_row(f"causal_conv1d W4 silu (bwd {version}, kernel only)", shape, "bwd",
-                        bench(lambda: conv_bwd(xc.detach(), wc.detach(), bc.detach(), None, None, True, dyc)),
-                        6 * n))
-    os.environ.pop("BYTELM_CONV_BWD", None)
+    out.append(_row("causal_conv1d W4 silu (bwd v1)", shape, "bwd",
+                    bench(lambda: torch.autograd.grad(yc, (xc, wc, bc), dyc, retain_graph=True)), 6 * n))
+    # the kernel launch alone (no autograd engine): what the launch overhead hides
+    out.append(_row("causal_conv1d W4 silu (bwd v1, kernel only)", shape, "bwd",
+                    bench(lambda: conv_bwd(xc.detach(), wc.detach(), bc.detach(), None, None, True, dyc)),
+                    6 * n))
     out += conv_roll_rows(xc, wc, bc, dyc, shape, n)
     return out
 

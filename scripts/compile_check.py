@@ -179,7 +179,7 @@ PATHS = {
     "ssd": ssd_path,
     # bytelm synth's Mamba-2 (d_model 64): the padded small-tile launches
     "ssd-small": lambda: [ssd_path(32, n, 64, heads=4) for n in (16, 256)],
-    "conv": lambda: [conv_path(v) for v in ("v1", "v2", "roll")],
+    "conv": lambda: [conv_path(v) for v in ("v1", "roll")],
     "conv-roll": lambda: conv_path("roll"),
     "norm": norm_path,
 }

@@ -149,7 +149,7 @@ def test_rms_norm_odd_width_three_groups():
     check([y], [yr], [x, w, z], ins64, 1e-5)
 
 
-@pytest.mark.parametrize("version", ["v1", "v2", "roll"])
+@pytest.mark.parametrize("version", ["v1", "roll"])
 @pytest.mark.parametrize("channel_last", [True, False])
 @pytest.mark.parametrize("with_state", [True, False])
 def test_causal_conv1d_backward_versions_over_many_programs(version, channel_last, with_state,
@@ -158,13 +158,11 @@ def test_causal_conv1d_backward_versions_over_many_programs(version, channel_las
     that spans several programs and tiles along L, with and without initial_state and packed
     documents: every gradient against float64. The rolling kernels run for channel-last x only
     (the other layout falls back to the tile kernels)."""
-    from bytelm.kernels.causal_conv1d import triton_bwd, triton_roll
+    from bytelm.kernels.causal_conv1d import triton_roll
     monkeypatch.setenv("BYTELM_CONV_BWD", version)
     if version == "roll":
         monkeypatch.setenv("BYTELM_CONV_FWD", "roll")
-    if not CUDA:  # several programs along L, each over several tiles, at an interpreter size
-        monkeypatch.setattr(triton_bwd, "BWD4_TILES_PER_PROGRAM", 2)
-        # two strips of channels (the second partial), 64-position chunks (5 along 300)
+    if not CUDA:  # two strips of channels (the second partial), 64-position chunks (5 along 300)
         monkeypatch.setitem(triton_roll.ROLL_CFG, "block_d", 16)
     torch.manual_seed(5)
     batch, seqlen, dim = 2, 4500 if CUDA else 300, DIM if CUDA else 24
@@ -182,17 +180,17 @@ def test_causal_conv1d_backward_versions_over_many_programs(version, channel_las
 
 
 def test_conv_backward_switch(monkeypatch):
-    """BYTELM_CONV_BWD: unset or v1 is the general kernel, v2 the width-4 one, roll the rolling
-    one; anything else is a one-line UserError naming the values (it used to fall back to v1
-    silently), raised by the forward, which fixes the backward's version."""
+    """BYTELM_CONV_BWD: unset or v1 is the tile kernel, roll the rolling one (BYTELM_CONV_FWD:
+    tile or roll); anything else (v2 too: removed) is a one-line UserError naming the values,
+    raised by the forward, which fixes the backward's version."""
     from bytelm.errors import UserError
     from bytelm.kernels.dispatch import env_choice
 
-    monkeypatch.setenv("BYTELM_CONV_BWD", "V2 ")
-    assert env_choice("BYTELM_CONV_BWD", ("v1", "v2"), "version 1") == "v2"
+    monkeypatch.setenv("BYTELM_CONV_BWD", " Roll ")
+    assert env_choice("BYTELM_CONV_BWD", ("v1", "roll"), "version 1") == "roll"
     x = torch.randn(1, 4, 9, device=DEV, requires_grad=True)
     w = torch.randn(4, 4, device=DEV, requires_grad=True)
-    for name, bad in (("BYTELM_CONV_BWD", "v3"), ("BYTELM_CONV_FWD", "v2")):
+    for name, bad in (("BYTELM_CONV_BWD", "v2"), ("BYTELM_CONV_FWD", "v2")):
         monkeypatch.setenv(name, bad)
         with pytest.raises(UserError, match=f"{name}='{bad}' is not one of"):
             causal_conv1d(x, w, None, "silu")

@@ -23,7 +23,7 @@ def _silu_flag(activation):
 def _rolling(name: str, x, weight) -> bool:
     """BYTELM_CONV_FWD / BYTELM_CONV_BWD = roll picks the rolling kernels (triton_roll.py) where
     they apply (width 4, channel-last x); elsewhere, and by default, the tile kernels run."""
-    choices = ("tile", "roll") if name == "BYTELM_CONV_FWD" else ("v1", "v2", "roll")
+    choices = ("tile", "roll") if name == "BYTELM_CONV_FWD" else ("v1", "roll")
     return env_choice(name, choices, "the tile kernels") == "roll" and roll_supported(x, weight)
 
 
