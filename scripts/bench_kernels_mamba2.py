@@ -210,7 +210,7 @@ def ssd_rows(anchor, shapes=((8, 2048), (2, 8192), (1, 32768)), H=32, P=64, N=12
 
         def ours_fb():  # BYTELM_SSD_BWD picks the Triton backward or the reference
             y_ = ssd(leaves[0], leaves[1], A, leaves[2], leaves[3], **kw)
-            torch.autograd.grad(y_, leaves, dy)
+            return torch.autograd.grad(y_, leaves, dy)
         # the reference backward only at ref_bwd_at (44 ms a step at 2 x 8192, ~0.4 s at 1 x 32768:
         # at every shape it ran the 2026-12-02 round past its time limit)
         modes = (("triton", "ssd (Triton bwd)"),) + ((("ref", "ssd (ref bwd)"),) if (b, L) in ref_bwd_at else ())
@@ -253,21 +253,8 @@ def _ssd_bwd_variants(ours_fb, leaves, shape, a_fb):
 
 
 def _grads_of(fb, leaves):
-    """The gradients fb's torch.autograd.grad returns, captured by running it under a patched
-    torch.autograd.grad (fb itself discards them)."""
-    got = []
-    grad = torch.autograd.grad
-
-    def capture(*a, **k):
-        res = grad(*a, **k)
-        got.append([r.float().clone() for r in res])
-        return res
-    torch.autograd.grad = capture
-    try:
-        fb()
-    finally:
-        torch.autograd.grad = grad
-    return got[-1]
+    """fb's gradients (it returns torch.autograd.grad's), in fp32 copies."""
+    return [g.float().clone() for g in fb()]
 
 
 def rows(anchor_src=".carry/mamba_ssm_src"):
