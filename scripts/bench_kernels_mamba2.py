@@ -89,10 +89,10 @@ def norm_conv_rows(tokens=16384, dim=2048, batch=8):
                     bench(lambda: torch.autograd.grad((y2, r2), (x, r, w), (dy, dr), retain_graph=True)),
                     14 * n))
     # backward variants (programs per SM x warps x pipeline stages of the row loop; the default
-    # is BWD_CFG: 8 x 4 x 1)
+    # is BWD_CFG: 8 x 4 x 2)
     from bytelm.kernels.rms_norm import triton_bwd as norm_bwd
     saved = dict(norm_bwd.BWD_CFG)
-    for pps, nw, st in ((8, 4, 2), (8, 4, 3), (4, 8, 2), (4, 8, 3), (16, 4, 2), (2, 16, 2)):
+    for pps, nw, st in ((8, 4, 1), (8, 4, 3), (4, 8, 2), (4, 8, 3), (16, 4, 2), (2, 16, 2)):
         norm_bwd.BWD_CFG.update(programs_per_sm=pps, num_warps=nw, num_stages=st)
         tag = f" (bwd {pps}/SM, {nw or 'default'} warps, {st} stages)"
         out.append(_row("rms_norm gated" + tag, shape, "bwd",
@@ -102,12 +102,12 @@ def norm_conv_rows(tokens=16384, dim=2048, batch=8):
                         14 * n))
     norm_bwd.BWD_CFG.clear()
     norm_bwd.BWD_CFG.update(saved)
-    # forward variants: rows per program x pipeline stages (the default: rows_per_program, 1)
+    # forward variants: rows per program x pipeline stages (the default: rows_per_program, 2)
     from bytelm.kernels.rms_norm import triton_fwd as norm_fwd
     saved = dict(norm_fwd.FWD_CFG)
     with torch.no_grad():
         y_def, (y2_def, r2_def) = rms_norm(x, w, 1e-5, None, z), rms_norm(x, w, 1e-5, r)
-    for rows, st in ((4, 2), (8, 2), (16, 2), (16, 3), (32, 3)):
+    for rows, st in ((4, 1), (8, 2), (16, 2), (16, 3), (32, 3)):
         norm_fwd.FWD_CFG.update(rows=rows, num_stages=st)
         tag = f" (fwd {rows} rows/program, {st} stages)"
         with torch.no_grad():
@@ -139,8 +139,10 @@ def norm_conv_rows(tokens=16384, dim=2048, batch=8):
 
 def conv_roll_rows(xc, wc, bc, dyc, shape, n):
     """The rolling conv kernels (triton_roll.py): checked against the tile kernels here, then
-    timed at each ROLL_CFG (channels per program, unrolled steps, warps, programs per SM the
-    chunk length aims at); the first is the default. bwd rows with an L-contiguous dy (Mamba-1's conv) include its channel-last copy."""
+    timed at each configuration (channels per program, unrolled steps, warps, programs per SM
+    the chunk length aims at), set for forward and backward alike (ROLL_FWD_CFG, ROLL_BWD_CFG;
+    the defaults are 128/8/1w/32 and 512/8/4w/4). bwd rows with an L-contiguous dy (Mamba-1's
+    conv) include its channel-last copy."""
     from bytelm.kernels.causal_conv1d import triton_roll as roll
     from bytelm.kernels.causal_conv1d.triton_bwd import conv_bwd
     from bytelm.kernels.causal_conv1d.triton_fwd import conv_fwd
@@ -149,11 +151,13 @@ def conv_roll_rows(xc, wc, bc, dyc, shape, n):
     y_ref = conv_fwd(x, w, b, None, None, True)
     g_ref = conv_bwd(x, w, b, None, None, True, dyc)
     dy_lc = dyc.contiguous()  # the same values, L-contiguous
-    out, saved = [], dict(roll.ROLL_CFG)
+    cfgs = (roll.ROLL_FWD_CFG, roll.ROLL_BWD_CFG)
+    out, saved = [], [dict(c) for c in cfgs]
     for bd, r, nw, pps in ((128, 8, 1, 16), (128, 8, 1, 8), (128, 8, 1, 32), (64, 8, 1, 16),
                            (256, 8, 1, 8), (128, 4, 1, 16), (128, 16, 1, 16), (256, 8, 2, 8),
                            (512, 8, 4, 4)):
-        roll.ROLL_CFG.update(block_d=bd, unroll=r, num_warps=nw, programs_per_sm=pps)
+        for c in cfgs:
+            c.update(block_d=bd, unroll=r, num_warps=nw, programs_per_sm=pps)
         tag = f"roll {bd}ch/{r}/{nw}w/{pps}"
         y = roll.conv_fwd_roll(x, w, b, None, None, True)
         g = roll.conv_bwd_roll(x, w, b, None, None, True, dyc)
@@ -169,8 +173,9 @@ def conv_roll_rows(xc, wc, bc, dyc, shape, n):
                         bench(lambda: roll.conv_bwd_roll(x, w, b, None, None, True, dyc)), 6 * n))
         out.append(_row(f"causal_conv1d W4 silu ({tag}, L-contiguous dy)", shape, "bwd",
                         bench(lambda: roll.conv_bwd_roll(x, w, b, None, None, True, dy_lc)), 6 * n))
-    roll.ROLL_CFG.clear()
-    roll.ROLL_CFG.update(saved)
+    for c, s in zip(cfgs, saved):
+        c.clear()
+        c.update(s)
     return out
 
 
@@ -228,14 +233,14 @@ def ssd_rows(anchor, shapes=((8, 2048), (2, 8192), (1, 32768)), H=32, P=64, N=12
 
 
 def _ssd_bwd_variants(ours_fb, leaves, shape, a_fb):
-    """The Triton backward with _chunk_bwd_kernel at 8 warps (triton_bwd.BWD_CFG; 4 is the
+    """The Triton backward with _chunk_bwd_kernel at 4 warps (triton_bwd.BWD_CFG; 8 is the
     default): gradients compared with the default's, then timed."""
     from bytelm.kernels.ssd import triton_bwd
 
     out, saved = [], dict(triton_bwd.BWD_CFG)
     os.environ["BYTELM_SSD_BWD"] = "triton"
     ref_grads = _grads_of(ours_fb, leaves)
-    for w in (8,):
+    for w in (4,):
         triton_bwd.BWD_CFG["chunk_bwd_warps"] = w
         try:
             g = _grads_of(ours_fb, leaves)

@@ -18,7 +18,10 @@
 # models: bench_models.py (one training step of every base preset and anchor);
 # profile: profile_kernels.py (CUDA time per launched kernel of each op's training step).
 # Env: PYTEST_S (300), CHECK_S (60), LOSS_S (200), SWEEP_S (200), BENCH1_S (60), BENCH2_S (240),
-#      MODELS_S (200), PROFILE_S (150): each step's limit in seconds; SWEEP_PARTS (bwd31,bwd3).
+#      MODELS_S (200), PROFILE_S (150): each step's limit in seconds; SWEEP_PARTS (bwd31,bwd3);
+#      LOSS_REF: a folder holding an earlier round's loss_ref.json and loss_ref.metrics.jsonl
+#      (the reference ops do not change), to run only the Triton side; PYTEST_K: a -k filter
+#      for the kernel test files.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LOGDIR=${LOGDIR:-/tmp/kernel-round}
@@ -36,7 +39,7 @@ step() {  # step NAME SECONDS CMD...
 tests() {
   local t0=$SECONDS secs=${PYTEST_S:-300} pids=() f
   for f in ssd_triton conv_norm_triton selective_scan_triton; do
-    timeout "$secs" python3 -m pytest -q -rf --durations=5 "tests/test_$f.py" >"$LOGDIR/pytest_$f.log" 2>&1 &
+    timeout "$secs" python3 -m pytest -q -rf --durations=5 ${PYTEST_K:+-k "$PYTEST_K"} "tests/test_$f.py" >"$LOGDIR/pytest_$f.log" 2>&1 &
     pids+=($!)
   done
   timeout "$secs" python3 -m pytest -q -rf tests/test_synthetic.py -k cuda_graph >"$LOGDIR/pytest_synthetic.log" 2>&1 &
@@ -53,9 +56,13 @@ loss() {  # the base Mamba-1 preset, 50 steps, same seed: default kernels, then 
   local a=(--data dna --model mamba --preset base --batch-size 4 --seq-len 2048 --steps 50
            --warmup 10 --eval-every 1000 --seed 0 --device cuda --json) t0=$SECONDS
   timeout "${LOSS_S:-200}" bytelm train "${a[@]}" --out /tmp/loss-triton >"$LOGDIR/loss_triton.json" 2>"$LOGDIR/loss_triton.log"
-  BYTELM_KERNELS=ref timeout "${LOSS_S:-200}" bytelm train "${a[@]}" --out /tmp/loss-ref >"$LOGDIR/loss_ref.json" 2>"$LOGDIR/loss_ref.log"
   cp /tmp/loss-triton/metrics.jsonl "$LOGDIR/loss_triton.metrics.jsonl" 2>/dev/null
-  cp /tmp/loss-ref/metrics.jsonl "$LOGDIR/loss_ref.metrics.jsonl" 2>/dev/null
+  if [ -n "${LOSS_REF:-}" ]; then  # the reference run of an earlier round (it does not change)
+    cp "$LOSS_REF"/loss_ref.json "$LOSS_REF"/loss_ref.metrics.jsonl "$LOGDIR/"
+  else
+    BYTELM_KERNELS=ref timeout "${LOSS_S:-200}" bytelm train "${a[@]}" --out /tmp/loss-ref >"$LOGDIR/loss_ref.json" 2>"$LOGDIR/loss_ref.log"
+    cp /tmp/loss-ref/metrics.jsonl "$LOGDIR/loss_ref.metrics.jsonl" 2>/dev/null
+  fi
   echo "== loss: $((SECONDS - t0)) s"
   python3 - "$LOGDIR" <<'PY'
 import json, sys, pathlib

@@ -160,10 +160,10 @@ def test_causal_conv1d_backward_versions_over_many_programs(version, channel_las
     (the other layout falls back to the tile kernels)."""
     from bytelm.kernels.causal_conv1d import triton_roll
     monkeypatch.setenv("BYTELM_CONV_BWD", version)
-    if version == "roll":
-        monkeypatch.setenv("BYTELM_CONV_FWD", "roll")
+    monkeypatch.setenv("BYTELM_CONV_FWD", "roll" if version == "roll" else "tile")
     if not CUDA:  # two strips of channels (the second partial), 64-position chunks (4 along 200)
-        monkeypatch.setitem(triton_roll.ROLL_CFG, "block_d", 16)
+        for c in (triton_roll.ROLL_FWD_CFG, triton_roll.ROLL_BWD_CFG):
+            monkeypatch.setitem(c, "block_d", 16)
     torch.manual_seed(5)
     batch, seqlen, dim = 2, 4500 if CUDA else 200, DIM if CUDA else 24
     x = torch.randn(batch, seqlen, dim, device=DEV).transpose(1, 2) if channel_last \
@@ -180,16 +180,26 @@ def test_causal_conv1d_backward_versions_over_many_programs(version, channel_las
 
 
 def test_conv_backward_switch(monkeypatch):
-    """BYTELM_CONV_BWD: unset or v1 is the tile kernel, roll the rolling one (BYTELM_CONV_FWD:
-    tile or roll); anything else (v2 too: removed) is a one-line UserError naming the values,
-    raised by the forward, which fixes the backward's version."""
+    """BYTELM_CONV_FWD / BYTELM_CONV_BWD: unset or roll is the rolling kernel where it applies
+    (width 4, channel-last x), tile / v1 the tile kernel; anything else (v2 too: removed) is a
+    one-line UserError naming the values, raised by the forward, which fixes the backward's
+    version."""
+    import importlib
     from bytelm.errors import UserError
-    from bytelm.kernels.dispatch import env_choice
+    op = importlib.import_module("bytelm.kernels.causal_conv1d.triton_op")
 
-    monkeypatch.setenv("BYTELM_CONV_BWD", " Roll ")
-    assert env_choice("BYTELM_CONV_BWD", ("v1", "roll"), "version 1") == "roll"
     x = torch.randn(1, 4, 9, device=DEV, requires_grad=True)
     w = torch.randn(4, 4, device=DEV, requires_grad=True)
+    x_cl = torch.randn(1, 9, 4, device=DEV).transpose(1, 2)
+    for name, other in (("BYTELM_CONV_FWD", "tile"), ("BYTELM_CONV_BWD", "v1")):
+        monkeypatch.delenv(name, raising=False)
+        assert op._rolling(name, x_cl, w) and not op._rolling(name, x, w)
+        assert not op._rolling(name, x_cl, torch.randn(4, 3, device=DEV))   # width 3
+        monkeypatch.setenv(name, f" {other.title()} ")
+        assert not op._rolling(name, x_cl, w)
+        monkeypatch.setenv(name, " Roll ")
+        assert op._rolling(name, x_cl, w)
+        monkeypatch.delenv(name)
     for name, bad in (("BYTELM_CONV_BWD", "v2"), ("BYTELM_CONV_FWD", "v2")):
         monkeypatch.setenv(name, bad)
         with pytest.raises(UserError, match=f"{name}='{bad}' is not one of"):
@@ -215,8 +225,9 @@ def test_rolling_conv_kernels(dtype, silu, dy_layout, monkeypatch):
         fn = getattr(triton_roll, name)
         monkeypatch.setattr(op, name, lambda *a, _fn=fn, _n=name: calls.append(_n) or _fn(*a))
     if not CUDA:
-        monkeypatch.setitem(triton_roll.ROLL_CFG, "block_d", 16)
-        monkeypatch.setitem(triton_roll.ROLL_CFG, "unroll", 4)
+        for c in (triton_roll.ROLL_FWD_CFG, triton_roll.ROLL_BWD_CFG):
+            monkeypatch.setitem(c, "block_d", 16)
+            monkeypatch.setitem(c, "unroll", 4)
     torch.manual_seed(6)
     # CPU: 2 chunks of 64 positions, 2 channel strips; batch > 1 in the many-programs test above
     batch, seqlen, dim = (2, 3000, DIM) if CUDA else (1, 100, 20)
@@ -239,12 +250,13 @@ def test_rolling_conv_kernels(dtype, silu, dy_layout, monkeypatch):
     assert calls == ["conv_fwd_roll", "conv_bwd_roll"]
 
 
-@pytest.mark.parametrize("stages", [2, 3])
+@pytest.mark.parametrize("stages", [1, 3])
 @pytest.mark.parametrize("residual", [False, True])
 def test_rms_norm_pipeline_stages(stages, residual, monkeypatch):
-    """RMSNorm forward and backward with their row loops software-pipelined (FWD_CFG / BWD_CFG
-    num_stages > 1; on a GPU the next rows are prefetched through shared memory), several rows
-    per program and a last program with fewer rows: outputs and every gradient against float64."""
+    """RMSNorm forward and backward at other software-pipeline depths of their row loops than
+    the default 2 (FWD_CFG / BWD_CFG num_stages; 1: no prefetch, 3: two rows ahead through
+    shared memory on a GPU), several rows per program and a last program with fewer rows:
+    outputs and every gradient against float64."""
     from bytelm.kernels.rms_norm import triton_bwd as norm_bwd
     from bytelm.kernels.rms_norm import triton_fwd as norm_fwd
     monkeypatch.setitem(norm_bwd.BWD_CFG, "num_stages", stages)

@@ -238,8 +238,9 @@ def test_chunked_forward_variant_bf16_and_gradients(monkeypatch):
                chunk_size=None if CUDA else 16)
     check_scan(make_inputs(2, DIM, NSTATE, L, 1, torch.float32), torch.float32,
                seq_idx=packed_seq_idx(2, L), chunk_size=None if CUDA else 24)
-    # with the grouped backward, which starts its chunks from the states this forward saves
-    monkeypatch.setenv("BYTELM_SCAN_BWD", "grouped")
+    # (the default backward, grouped, starts its chunks from the states this forward saves);
+    # with the sequential one, which recomputes them
+    monkeypatch.setenv("BYTELM_SCAN_BWD", "seq")
     check_scan(make_inputs(2, DIM, NSTATE, L, 1, torch.float32), torch.float32,
                seq_idx=packed_seq_idx(2, L), chunk_size=None if CUDA else 24)
 
@@ -255,11 +256,11 @@ SEQ_BWD_CASES = [
 ]
 
 
-@pytest.mark.parametrize("version", ["chunked", "grouped"])
+@pytest.mark.parametrize("version", ["chunked", "seq"])
 @pytest.mark.parametrize("L,groups,chunk,opts", SEQ_BWD_CASES)
 def test_backward_variant_matches_reference(monkeypatch, L, groups, chunk, opts, version):
-    """Versions 2 (BYTELM_SCAN_BWD=chunked) and 3.1 (=grouped, with the forward's saved chunk
-    states) of the backward; the default, version 3, runs in every other test here: every
+    """Versions 2 (BYTELM_SCAN_BWD=chunked) and 3 (=seq) of the backward; the default, version
+    3.1 (grouped, from the forward's saved chunk states), runs in every other test here: every
     gradient against float64 over several chunks, documents, groups, no z / D / bias, with and
     without the output and final-state gradients."""
     monkeypatch.setenv("BYTELM_SCAN_BWD", version)
@@ -276,6 +277,7 @@ def test_sequential_backward_with_its_own_state_tiles(monkeypatch, L, groups, ch
     chunk_states pass, which every other version 3 test runs): the pass's outputs must not
     depend on its tiling (several chunks, groups, documents, no final-state gradient)."""
     from bytelm.kernels.selective_scan import triton_bwd_seq
+    monkeypatch.setenv("BYTELM_SCAN_BWD", "seq")
     for c in (triton_bwd_seq.SEQ_BWD_CFG, triton_bwd_seq.SEQ_BWD_CFG_INTERP):
         monkeypatch.setitem(c, "states", "own")
     opts = dict(opts)
@@ -285,7 +287,7 @@ def test_sequential_backward_with_its_own_state_tiles(monkeypatch, L, groups, ch
                chunk_size=chunk, grad_y=grad_y, grad_final=grad_final)
 
 
-@pytest.mark.parametrize("version", ["chunked", "grouped"])
+@pytest.mark.parametrize("version", ["chunked", "seq"])
 def test_backward_variant_bf16(monkeypatch, version):
     monkeypatch.setenv("BYTELM_SCAN_BWD", version)
     check_scan(make_inputs(2, DIM, NSTATE, LENGTHS[-1], 2, torch.bfloat16), torch.bfloat16,
@@ -294,21 +296,23 @@ def test_backward_variant_bf16(monkeypatch, version):
 
 @pytest.mark.parametrize("env", ["BYTELM_SCAN_FWD", "BYTELM_SCAN_BWD"])
 def test_version_switches(monkeypatch, env):
-    """BYTELM_SCAN_FWD / _BWD: unset or seq is version 3, chunked version 2; anything else is a
-    one-line UserError naming the two values."""
+    """BYTELM_SCAN_FWD: unset or seq is version 3, chunked version 2; BYTELM_SCAN_BWD: unset or
+    grouped is version 3.1, seq 3, chunked 2; anything else is a one-line UserError naming the
+    accepted values."""
     from bytelm.errors import UserError
     from bytelm.kernels.selective_scan.triton_bwd import backward_version
 
     version = triton_fwd.forward_version if env.endswith("FWD") else backward_version
     monkeypatch.delenv(env, raising=False)
-    assert version() == "seq"
+    assert version() == ("seq" if env.endswith("FWD") else "grouped")
     monkeypatch.setenv(env, " Chunked ")
     assert version() == "chunked"
     if env.endswith("BWD"):
-        monkeypatch.setenv(env, "grouped")
-        assert version() == "grouped"
+        monkeypatch.setenv(env, "seq")
+        assert version() == "seq"
     monkeypatch.setenv(env, "v2")
-    with pytest.raises(UserError, match="is not one of seq, chunked"):
+    with pytest.raises(UserError, match="is not one of seq, chunked" if env.endswith("FWD")
+                       else "is not one of grouped, seq, chunked"):
         version()
 
 

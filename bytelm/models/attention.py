@@ -65,7 +65,7 @@ class MHA(nn.Module):
         With `state` (holding k, v caches), the L new tokens sit at positions [pos, pos+L)."""
         bsz, L, d = x.shape
         q, k, v = self.in_proj(x).view(bsz, L, 3, self.n_head, self.head_dim).unbind(2)  # (B, L, H, Dh)
-        cos, sin = rope_cos_sin(torch.arange(pos, pos + L), self.head_dim, self.rope_theta, x.device)
+        cos, sin = rope_cos_sin(torch.arange(pos, pos + L, device=x.device), self.head_dim, self.rope_theta, x.device)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         is_causal = attn_mask is None and L > 1
         if state is not None:

@@ -21,10 +21,11 @@ def _silu_flag(activation):
 
 
 def _rolling(name: str, x, weight) -> bool:
-    """BYTELM_CONV_FWD / BYTELM_CONV_BWD = roll picks the rolling kernels (triton_roll.py) where
-    they apply (width 4, channel-last x); elsewhere, and by default, the tile kernels run."""
-    choices = ("tile", "roll") if name == "BYTELM_CONV_FWD" else ("v1", "roll")
-    return env_choice(name, choices, "the tile kernels") == "roll" and roll_supported(x, weight)
+    """The rolling kernels (triton_roll.py) run by default where they apply (width 4,
+    channel-last x); BYTELM_CONV_FWD=tile / BYTELM_CONV_BWD=v1 pick the tile kernels, which
+    also run wherever the rolling ones do not apply."""
+    choices = ("roll", "tile") if name == "BYTELM_CONV_FWD" else ("roll", "v1")
+    return env_choice(name, choices, "the rolling kernels") == "roll" and roll_supported(x, weight)
 
 
 class CausalConv1dFn(torch.autograd.Function):

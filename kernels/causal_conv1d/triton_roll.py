@@ -24,7 +24,10 @@ dpre[t] from dx[p] when the two positions are in different documents; positions 
 initial_state, which counts as document 0. A chunk c covers the input positions p in
 [c CH - 3, (c + 1) CH - 3), so the first chunk also produces d initial_state; it walks three
 positions past its end to have the dpre its last dx needs, and counts dw / db only for its own
-outputs. Opt-in (BYTELM_CONV_FWD=roll, BYTELM_CONV_BWD=roll) until checked on a GPU.
+outputs. The default where it applies (BYTELM_CONV_FWD=tile / BYTELM_CONV_BWD=v1 pick the tile
+kernels). H200, 2026-12-02, 8x2048 d 2048 bf16 (bench_kernels_mamba2.py): forward 0.059 ms
+(tile 0.122), backward 0.121 ms with a channel-last dy, 0.33 ms with an L-contiguous one (its
+copy included; v1 0.742).
 """
 
 from __future__ import annotations
@@ -36,10 +39,12 @@ import triton.language as tl
 from bytelm.kernels.causal_conv1d.triton_fwd import like_layout
 
 # channels per program, positions per unrolled step, warps (channels per thread = block_d /
-# (32 * warps)), and the programs per SM the chunk length aims at (chunk_for). Chosen from the
-# register count (compile_check --sass: 128 registers, no spills, so 16 one-warp programs fit
-# an SM), not yet timed; bench_kernels_mamba2.py sweeps them.
-ROLL_CFG = dict(block_d=128, unroll=8, num_warps=1, programs_per_sm=16)
+# (32 * warps)), and the programs per SM the chunk length aims at (chunk_for); forward and
+# backward apart. Picked from the H200 sweep of bench_kernels_mamba2.py (2026-12-02, 8x2048 d
+# 2048, ms): forward 128/8/1w/32 0.059, 128/8/1w/16 0.085, 256/8/2w/8 0.083; backward
+# 512/8/4w/4 0.121, 256/8/1w/8 0.139, 128/8/1w/32 0.135, 128/8/1w/16 0.183.
+ROLL_FWD_CFG = dict(block_d=128, unroll=8, num_warps=1, programs_per_sm=32)
+ROLL_BWD_CFG = dict(block_d=512, unroll=8, num_warps=4, programs_per_sm=4)
 
 
 def roll_supported(x, weight) -> bool:
@@ -52,14 +57,14 @@ def channel_last(t):
     return t if t.stride(1) == 1 else t.transpose(1, 2).contiguous().transpose(1, 2)
 
 
-def chunk_for(batch, dim, seqlen, block_d, device):
+def chunk_for(batch, dim, seqlen, block_d, programs_per_sm, device):
     """Positions per program: the longest power of two from 1024 down to 64 that still gives
-    the GPU ROLL_CFG["programs_per_sm"] programs per SM (each program walks its chunk serially,
-    so the parallelism along L comes from the chunks)."""
+    the GPU programs_per_sm programs per SM (each program walks its chunk serially, so the
+    parallelism along L comes from the chunks)."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
     strips = batch * triton.cdiv(dim, block_d)
     ch = 1024
-    while ch > 64 and strips * triton.cdiv(seqlen + 3, ch) < ROLL_CFG["programs_per_sm"] * sms:
+    while ch > 64 and strips * triton.cdiv(seqlen + 3, ch) < programs_per_sm * sms:
         ch //= 2
     return ch
 
@@ -234,14 +239,15 @@ def conv_fwd_roll(x, weight, bias, initial_state, seg, silu):
     """Version 3 forward; x channel-last (roll_supported). y keeps x's layout."""
     batch, dim, seqlen = x.shape
     y = like_layout(x)
-    bd, r = ROLL_CFG["block_d"], ROLL_CFG["unroll"]
-    ch = chunk_for(batch, dim, seqlen, bd, x.device)
+    c = ROLL_FWD_CFG
+    bd, r = c["block_d"], c["unroll"]
+    ch = chunk_for(batch, dim, seqlen, bd, c["programs_per_sm"], x.device)
     grid = (triton.cdiv(dim, bd), triton.cdiv(seqlen, ch), batch)
     _conv_fwd_roll_kernel[grid](
         x, weight, bias, initial_state, seg, y, seqlen, dim, ch,
         x.stride(0), x.stride(2), *_init_strides(initial_state), y.stride(0), y.stride(2),
         BLOCK_D=bd, R=r, HAS_BIAS=bias is not None, HAS_INIT=initial_state is not None,
-        HAS_SEG=seg is not None, SILU=silu, num_warps=ROLL_CFG["num_warps"],
+        HAS_SEG=seg is not None, SILU=silu, num_warps=c["num_warps"],
     )
     return y
 
@@ -252,8 +258,9 @@ def conv_bwd_roll(x, weight, bias, initial_state, seg, silu, dy):
     load every element separately). Returns dx (x's layout), dweight, dbias, dinitial_state."""
     batch, dim, seqlen = x.shape
     dy = channel_last(dy)
-    bd, r = ROLL_CFG["block_d"], ROLL_CFG["unroll"]
-    ch = chunk_for(batch, dim, seqlen, bd, x.device)
+    c = ROLL_BWD_CFG
+    bd, r = c["block_d"], c["unroll"]
+    ch = chunk_for(batch, dim, seqlen, bd, c["programs_per_sm"], x.device)
     n_c = triton.cdiv(seqlen + 3, ch)
     dx = like_layout(x)
     dinit = torch.empty_like(initial_state) if initial_state is not None else None
@@ -264,7 +271,7 @@ def conv_bwd_roll(x, weight, bias, initial_state, seg, silu, dy):
         x.stride(0), x.stride(2), *_init_strides(initial_state), dy.stride(0), dy.stride(2),
         dx.stride(0), dx.stride(2), *(dinit.stride() if dinit is not None else (0, 0, 0)),
         BLOCK_D=bd, R=r, HAS_BIAS=bias is not None, HAS_INIT=initial_state is not None,
-        HAS_SEG=seg is not None, SILU=silu, num_warps=ROLL_CFG["num_warps"],
+        HAS_SEG=seg is not None, SILU=silu, num_warps=c["num_warps"],
     )
     dw = dw_part.sum(0).t().to(weight.dtype)
     db = db_part.sum(0).to(bias.dtype) if bias is not None else None

@@ -74,8 +74,10 @@ def _rms_norm_bwd_kernel(
 # (4/SM, 8 warps: the former default) 0.253 / 0.355; (2/SM, 16) 0.217 / 0.307; (16/SM, 4) 0.427
 # / 0.424; (8/SM, 8) 0.367 / 0.370. num_stages: the row loop's software-pipeline depth (1: none,
 # as measured above; 2-3 prefetch rows through shared memory, 24 KB (gated) / 45 KB (+residual)
-# per program at 3; compile_check --sass shows the loads become LDGSTS), not yet timed.
-BWD_CFG = dict(programs_per_sm=8, num_warps=4, num_stages=1)
+# per program at 3; compile_check --sass shows the loads become LDGSTS). Same run, 2026-12-02:
+# (8/SM, 4 warps) 1 stage 0.504 / 0.364, 2 stages 0.249 / 0.258, 3 stages 0.295 / 0.301;
+# (4/SM, 8 warps, 2) 0.244 / 0.402; (2/SM, 16, 2) 0.275 / 0.265 (floors 0.079 / 0.111).
+BWD_CFG = dict(programs_per_sm=8, num_warps=4, num_stages=2)
 
 
 def _num_programs(device, n_rows):

@@ -64,10 +64,12 @@ def tile_shape(dim: int, group_size: int):
     return ngroups, triton.next_power_of_2(ngroups), triton.next_power_of_2(group_size)
 
 
-# rows: rows per program (None: rows_per_program's choice); num_stages: the row loop's
-# software-pipeline depth (1: the measured kernel, rows one after the other; > 1 prefetches the
-# next rows' loads, not yet timed: bench_kernels_mamba2.py sweeps both).
-FWD_CFG = dict(rows=None, num_stages=1)
+# rows: rows per program (None: rows_per_program's choice, 4 at d 2048); num_stages: the row
+# loop's software-pipeline depth (1: rows one after the other; 2 prefetches the next row's loads
+# while this one reduces). H200, 2026-12-02, d 2048, 16K rows, fwd ms gated / +residual:
+# 1 stage 0.128 / 0.160; 4 rows, 2 stages 0.060 / 0.106; 8 rows, 2 stages 0.061 / 0.109;
+# 16 rows, 3 stages 0.068 / 0.110 (bench_kernels_mamba2.py; floors 0.047 / 0.095).
+FWD_CFG = dict(rows=None, num_stages=2)
 
 
 def rows_per_program(n_rows: int, dim: int) -> int:

@@ -172,13 +172,13 @@ def _bwd_kernel(
 BWD_ENV = "BYTELM_SCAN_BWD"
 
 
-BWD_VERSIONS = ("seq", "chunked", "grouped")
+BWD_VERSIONS = ("grouped", "seq", "chunked")
 
 
 def backward_version() -> str:
-    """'seq' (version 3, triton_bwd_seq.py; the default), 'chunked' (version 2, this file) or
-    'grouped' (version 3.1, triton_bwd_grouped.py; experimental, not yet run on a GPU)."""
-    return env_choice(BWD_ENV, BWD_VERSIONS, "the sequential backward")
+    """'grouped' (version 3.1, triton_bwd_grouped.py; the default since its H200 sweep of
+    2026-12-02), 'seq' (version 3, triton_bwd_seq.py) or 'chunked' (version 2, this file)."""
+    return env_choice(BWD_ENV, BWD_VERSIONS, "the grouped backward")
 
 
 # One program per (channel block, chunk of BLOCK_L steps, row): the chunk is one register tile.
@@ -187,7 +187,7 @@ BWD_CFG_INTERP = dict(BLOCK_D=4, BLOCK_L=8, num_warps=1, LEAN=False)
 
 
 def scan_bwd(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, seq_idx,
-             chunk_size, need_dh0, version="seq", saved=None):
+             chunk_size, need_dh0, version="grouped", saved=None):
     """(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state); inputs normalized as in
     scan_fwd, dout contiguous (batch, dim, L), dfinal (batch, dim, N) fp32 or None.
     chunk_size does not apply: the backward's chunk is its tile (BWD_CFG["BLOCK_L"]).

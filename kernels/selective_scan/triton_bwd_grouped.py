@@ -1,6 +1,6 @@
-"""Mamba-1 selective scan backward, version 3.1 (experimental, BYTELM_SCAN_BWD=grouped; not yet
-run on a GPU: its first H200 run, 2026-12-02, stopped at a Triton type check that the CPU
-interpreter does not make, since fixed; kernels/NOTES.md).
+"""Mamba-1 selective scan backward, version 3.1 (the default; BYTELM_SCAN_BWD=grouped). On the
+H200, 2026-12-02: fwd+bwd 2.51 / 3.04 / 6.53 ms at 8x2048 / 2x8192 / 1x32768 against version
+3's 5.12 / 5.29 / 11.03 (kernels/NOTES.md).
 
 Version 3 (triton_bwd_seq.py) spends most of its time in chunk_states (5.8 of 8.5 ms at 8x2048):
 a forward and a reverse pass over the inputs to give every chunk its start state and the
@@ -333,8 +333,9 @@ def group_grads(u, delta, A, C, z, dout, delta_bias, softplus, seq_idx, T, nc, d
 
 
 # Channels per program, warps, persistent programs per SM (the chunk length is the forward's
-# saved-state spacing): version 3's best (triton_bwd_seq.SEQ_BWD_CFG), not yet swept here.
-GROUPED_CFG = dict(BLOCK_D=16, num_warps=1, programs_per_sm=8)
+# saved-state spacing). H200 sweep, 2026-12-02 (fwd+bwd ms, 8x2048 / 2x8192 / 1x32768):
+# 8 ch x 16/SM 2.511 / 3.037 / 6.528; 8 x 8/SM 2.504 / 3.171 / 6.843; 16 x 8/SM 2.633 / 3.183 / 6.984.
+GROUPED_CFG = dict(BLOCK_D=8, num_warps=1, programs_per_sm=16)
 GROUPED_CFG_INTERP = dict(BLOCK_D=8, num_warps=1, programs_per_sm=3)
 
 
