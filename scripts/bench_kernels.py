@@ -216,11 +216,11 @@ def _sweep_forward(title, cfg, configs, check, ref) -> None:
             cfg.update(saved)
 
 
-def selective_scan_sweep(parts=("fwd3", "bwd2", "bwd3", "bwd31")) -> None:
+def selective_scan_sweep(parts=("fwd3", "fwd4", "bwd2", "bwd3", "bwd31")) -> None:
     """Tile-shape variants of the forward and backward (printed, not in the main table). Each
     variant's y and gradients at 8x2048 are compared with the default configs' ("agree"), which
     gpu_check_selective_scan.py checks against the reference. `parts`: which groups to time
-    (fwd3: sequential forward, bwd2: version 2 backward, bwd3: version 3 (sequential) backward,
+    (fwd3: sequential forward, fwd4: the lanes forward, bwd2: version 2 backward, bwd3: version 3 (sequential) backward,
     bwd31: version 3.1 (grouped))."""
     check = scan_inputs(8, 2048)
     ref = _scan_outputs(check)
@@ -228,6 +228,8 @@ def selective_scan_sweep(parts=("fwd3", "bwd2", "bwd3", "bwd31")) -> None:
     # time, BYTELM_SCAN_FWD=seq): channels per program x warps x programs per SM
     if "fwd3" in parts:
         _sweep_forward_v3(check, ref)
+    if "fwd4" in parts:
+        _sweep_forward_v4(check, ref)
     if "bwd2" in parts:
         _sweep_backward_v2(check, ref)
     if "bwd3" in parts:
@@ -245,6 +247,21 @@ def _sweep_forward_v3(check, ref) -> None:
         dict(BLOCK_D=64, num_warps=2, programs_per_sm=4),
         dict(BLOCK_D=128, num_warps=4, programs_per_sm=2),
         dict(BLOCK_D=16, num_warps=1, programs_per_sm=8)], check, ref)
+    os.environ.pop("BYTELM_SCAN_FWD")
+
+
+def _sweep_forward_v4(check, ref) -> None:
+    """Version 4 (BYTELM_SCAN_FWD=lanes): R lanes per channel fixed (1 / 2 / 4 / 8) or chosen
+    per shape (warps_per_sm, max_R), with and without the software-pipelined loads."""
+    from bytelm.kernels.selective_scan import triton_fwd_lanes
+    os.environ["BYTELM_SCAN_FWD"] = "lanes"
+    _sweep_forward("forward version 4 (lanes)", triton_fwd_lanes.LANES_CFG, [
+        dict(R=1, num_stages=1), dict(R=1, num_stages=2), dict(R=1, num_stages=3),
+        dict(R=2, num_stages=2), dict(R=4, num_stages=1), dict(R=4, num_stages=2),
+        dict(R=8, num_stages=2), dict(R=2, num_warps=2, num_stages=2),
+        dict(R=None, warps_per_sm=4, max_R=4), dict(R=None, warps_per_sm=4, max_R=8),
+        dict(R=None, warps_per_sm=8, max_R=8), dict(R=None, warps_per_sm=2, max_R=4)],
+        check, ref)
     os.environ.pop("BYTELM_SCAN_FWD")
 
 
@@ -320,8 +337,9 @@ def main() -> None:
                    help="seconds allowed for compiling+timing each family's reference")
     p.add_argument("--sweep", action="store_true", help="also time tile-shape variants")
     p.add_argument("--sweep-only", action="store_true", help="time the variants, skip the table")
-    p.add_argument("--sweep-parts", default="fwd3,bwd2,bwd3,bwd31",
-                   help="comma-separated sweep groups: fwd3 (sequential forward), bwd2 (chunked "
+    p.add_argument("--sweep-parts", default="fwd3,fwd4,bwd2,bwd3,bwd31",
+                   help="comma-separated sweep groups: fwd3 (sequential forward), fwd4 (lanes "
+                        "forward), bwd2 (chunked "
                         "backward), bwd3 (sequential backward), bwd31 (grouped backward)")
     args = p.parse_args()
     assert torch.cuda.is_available(), "bench_kernels.py times GPU kernels: run it on the GPU machine"

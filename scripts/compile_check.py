@@ -17,7 +17,8 @@ adds, per variant, what the cubin says without running it (Triton's bundled cuob
 per thread, stack bytes per thread (where ptxas spills registers: LDL/STL traffic), static
 shared memory, and the SASS instruction count by class
 (global loads / stores, shared-memory traffic, barriers, shuffles, SFU ops, int64-looking address
-math). Static counts: a loop body counts once. --dump writes each variant's SASS to DIR.
+math). Static counts: a loop body counts once. --dump writes each variant's SASS and TTGIR (the register layouts Triton chose, and the
+convert_layout ops between them) to DIR.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-MODULES = ["bytelm.kernels.selective_scan.triton_fwd", "bytelm.kernels.selective_scan.triton_bwd",
+MODULES = ["bytelm.kernels.selective_scan.triton_fwd", "bytelm.kernels.selective_scan.triton_fwd_lanes",
+           "bytelm.kernels.selective_scan.triton_bwd",
            "bytelm.kernels.selective_scan.triton_bwd_seq",
            "bytelm.kernels.selective_scan.triton_bwd_grouped",
            "bytelm.kernels.ssd.triton_fwd", "bytelm.kernels.ssd.triton_bwd",
@@ -109,6 +111,19 @@ def scan_path(bwd: str, fwd: str = "seq", batch=2, dim=64, L=1000, N=16, G=1, dt
     (y.float().sum() + final.sum()).backward()
 
 
+def lanes_path():
+    from bytelm.kernels.selective_scan import triton_fwd_lanes as fl
+
+    try:
+        for R in (1, 2, 4, 8):
+            fl.LANES_CFG["R"] = R
+            scan_path("grouped", fwd="lanes", L=1024)
+        fl.LANES_CFG["R"] = None
+        scan_path("grouped", fwd="lanes", batch=1, dim=32, L=1001)
+    finally:
+        fl.LANES_CFG["R"] = None
+
+
 def ssd_path(headdim=64, dstate=128, chunk=256, heads=2, batch=2, L=600, dtype=torch.bfloat16):
     """Forward + backward of the public SSD with every option (z, D, dt_bias, initial and final
     state, seq_idx), then its no-grad forward."""
@@ -173,6 +188,8 @@ PATHS = {
     # the version 3 forward's wide configuration (32 channels per program: batch x dim >= 4096)
     "scan-seq-wide": lambda: scan_path("seq", dim=2048, L=256),
     "scan-chunked": lambda: scan_path("chunked", fwd="chunked"),
+    # version 4's forward (lanes) at every R it may pick, a chunked (LOCAL) launch, a ragged L
+    "scan-lanes": lambda: lanes_path(),
     # version 3.1: one row of 4096 steps gives several groups (group_grads) at one SM's programs
     "scan-grouped": lambda: scan_path("grouped", L=4096, batch=1),
     "scan-grouped-fwd2": lambda: scan_path("grouped", fwd="chunked", L=4096, batch=1, G=2),
@@ -218,6 +235,8 @@ def sass_report(kernel, name: str, dump: str | None) -> str:
         os.makedirs(dump, exist_ok=True)
         with open(os.path.join(dump, f"{name}.sass"), "w") as out:
             out.write(sass)
+        with open(os.path.join(dump, f"{name}.ttgir"), "w") as out:  # the layouts Triton chose
+            out.write(kernel.asm["ttgir"])
     classes = " ".join(f"{c}={by_class[c]}" for c, _ in SASS_CLASSES + [("other", ())] if by_class[c])
     return (f"      regs={usage.get('REG', '?')} stack={usage.get('STACK', '?')}B "
             f"smem={kernel.metadata.shared}B  sass={sum(ops.values())}: {classes}")

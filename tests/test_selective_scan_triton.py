@@ -245,6 +245,55 @@ def test_chunked_forward_variant_bf16_and_gradients(monkeypatch):
                seq_idx=packed_seq_idx(2, L), chunk_size=None if CUDA else 24)
 
 
+# Version 4 (BYTELM_SCAN_FWD=lanes) at each lanes-per-channel R: tile boundaries, full tiles
+# (L % 8 == 0: the unmasked path) with chunks (LOCAL pass + carry), documents and groups, no
+# options; the gradients come from the default backward, which starts from the states this
+# forward saves.
+LANES_R = [1, 2, 4, 8] if CUDA else [1, 2, 4]
+LANES_CASES = [
+    (LENGTHS[1], 1, None, {}),
+    (LENGTHS[-1] + 1 if CUDA else 64, 2, 256 if CUDA else 16, dict(seq=True)),
+    (LENGTHS[-1], 1, 160 if CUDA else 24, dict(z=False, D=False, bias=False, h0=False)),
+]
+
+
+@pytest.mark.parametrize("R", LANES_R)
+@pytest.mark.parametrize("L,groups,chunk,opts", LANES_CASES)
+def test_lanes_forward_variant_matches_reference(monkeypatch, L, groups, chunk, opts, R):
+    from bytelm.kernels.selective_scan import triton_fwd_lanes
+
+    monkeypatch.setenv("BYTELM_SCAN_FWD", "lanes")
+    for c in (triton_fwd_lanes.LANES_CFG, triton_fwd_lanes.LANES_CFG_INTERP):
+        monkeypatch.setitem(c, "R", R)
+    calls = []
+    real = triton_fwd_lanes._fwd_lanes_kernel.run
+    monkeypatch.setattr(triton_fwd_lanes._fwd_lanes_kernel, "run",
+                        lambda *a, **k: calls.append(k["R"]) or real(*a, **k))
+    opts = dict(opts)
+    seq = opts.pop("seq", False)
+    inputs = make_inputs(2, DIM, NSTATE, L, groups, torch.float32, **opts)
+    check_scan(inputs, torch.float32, seq_idx=packed_seq_idx(2, L) if seq else None,
+               chunk_size=chunk)
+    assert calls and set(calls) == {R}, calls
+
+
+def test_lanes_forward_variant_bf16_and_its_lane_choice(monkeypatch):
+    """bf16 through version 4 with R chosen from the shape, and the choice itself: the fewest
+    lanes that give the wanted programs, a divisor of N, at most max_R."""
+    from bytelm.kernels.selective_scan.triton_fwd_lanes import lanes_per_channel
+
+    monkeypatch.setenv("BYTELM_SCAN_FWD", "lanes")
+    check_scan(make_inputs(2, DIM, NSTATE, LENGTHS[-1], 2, torch.bfloat16), torch.bfloat16,
+               chunk_size=None if CUDA else 16)
+    # 8 x 2048 channels on 132 SMs x 4 warps: 512 one-warp programs at R = 1 (~ the 528 wanted)
+    assert lanes_per_channel(8 * 2048, 16, 528, 4, 32) == 2
+    assert lanes_per_channel(8 * 2048, 16, 512, 4, 32) == 1
+    assert lanes_per_channel(2 * 2048, 16, 528, 8, 32) == 8
+    assert lanes_per_channel(2 * 2048, 16, 528, 4, 32) == 4
+    assert lanes_per_channel(2 * 2048, 4, 528, 8, 32) == 4  # R divides N
+    assert lanes_per_channel(64, 16, 1, 8, 32) == 1
+
+
 SEQ_BWD_CASES = [
     (L, groups, chunk, opts)
     for L in LENGTHS
@@ -296,7 +345,7 @@ def test_backward_variant_bf16(monkeypatch, version):
 
 @pytest.mark.parametrize("env", ["BYTELM_SCAN_FWD", "BYTELM_SCAN_BWD"])
 def test_version_switches(monkeypatch, env):
-    """BYTELM_SCAN_FWD: unset or seq is version 3, chunked version 2; BYTELM_SCAN_BWD: unset or
+    """BYTELM_SCAN_FWD: unset or seq is version 3, lanes 4, chunked 2; BYTELM_SCAN_BWD: unset or
     grouped is version 3.1, seq 3, chunked 2; anything else is a one-line UserError naming the
     accepted values."""
     from bytelm.errors import UserError
@@ -310,8 +359,11 @@ def test_version_switches(monkeypatch, env):
     if env.endswith("BWD"):
         monkeypatch.setenv(env, "seq")
         assert version() == "seq"
+    else:
+        monkeypatch.setenv(env, "LANES")
+        assert version() == "lanes"
     monkeypatch.setenv(env, "v2")
-    with pytest.raises(UserError, match="is not one of seq, chunked" if env.endswith("FWD")
+    with pytest.raises(UserError, match="is not one of seq, lanes, chunked" if env.endswith("FWD")
                        else "is not one of grouped, seq, chunked"):
         version()
 

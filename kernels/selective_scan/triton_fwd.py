@@ -597,7 +597,12 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, seq_i
     Inputs already normalized by triton_op.py (B, C 4-D, unit stride along L, fp32 A/D/bias).
     BYTELM_SCAN_FWD (forward_version()): seq, the default, runs version 3 (`scan_fwd_seq`),
     chunked version 2 (`_fwd_kernel`, below)."""
-    if forward_version() == "seq":
+    version = forward_version()
+    if version == "lanes":
+        from bytelm.kernels.selective_scan.triton_fwd_lanes import scan_fwd_lanes
+        return scan_fwd_lanes(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state,
+                              seq_idx, chunk_size, want_final, save_states)
+    if version == "seq":
         return scan_fwd_seq(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, seq_idx,
                             chunk_size, want_final, save_states)
     c = cfg(FWD_CFG, FWD_CFG_INTERP)
@@ -635,8 +640,9 @@ FWD_ENV = "BYTELM_SCAN_FWD"
 
 
 def forward_version() -> str:
-    """'seq' (version 3, `_fwd_seq_kernel`; the default) or 'chunked' (version 2, `_fwd_kernel`)."""
-    return env_choice(FWD_ENV, ("seq", "chunked"), "the sequential forward")
+    """'seq' (version 3, `_fwd_seq_kernel`; the default), 'lanes' (version 4,
+    triton_fwd_lanes.py) or 'chunked' (version 2, `_fwd_kernel`)."""
+    return env_choice(FWD_ENV, ("seq", "lanes", "chunked"), "the sequential forward")
 
 
 # Version 3: channels per program, warps, programs per SM (the chunk length is a multiple of 8
