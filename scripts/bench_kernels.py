@@ -252,15 +252,15 @@ def _sweep_forward_v3(check, ref) -> None:
 
 def _sweep_forward_v4(check, ref) -> None:
     """Version 4 (BYTELM_SCAN_FWD=lanes): R lanes per channel fixed (1 / 2 / 4 / 8) or chosen
-    per shape (warps_per_sm, max_R), with and without the software-pipelined loads."""
+    per shape (warps_per_sm, max_R) x prefetch 0 / 1 / 2 (none; the next tile's Δ, u, z; and
+    its B, C), one with Triton's software pipeliner (num_stages 2), one at 2 warps."""
     from bytelm.kernels.selective_scan import triton_fwd_lanes
     os.environ["BYTELM_SCAN_FWD"] = "lanes"
     _sweep_forward("forward version 4 (lanes)", triton_fwd_lanes.LANES_CFG, [
-        dict(R=1, num_stages=1), dict(R=1, num_stages=2), dict(R=1, num_stages=3),
-        dict(R=2, num_stages=2), dict(R=4, num_stages=1), dict(R=4, num_stages=2),
-        dict(R=8, num_stages=2), dict(R=2, num_warps=2, num_stages=2),
-        dict(R=None, warps_per_sm=4, max_R=4), dict(R=None, warps_per_sm=4, max_R=8),
-        dict(R=None, warps_per_sm=8, max_R=8), dict(R=None, warps_per_sm=2, max_R=4)],
+        dict(R=R, prefetch=pf) for R in (1, 2, 4, 8) for pf in (0, 1, 2)] + [
+        dict(R=4, prefetch=1, num_stages=2), dict(R=2, prefetch=1, num_warps=2),
+        dict(R=None, warps_per_sm=4, max_R=8, prefetch=1),
+        dict(R=None, warps_per_sm=8, max_R=8, prefetch=1)],
         check, ref)
     os.environ.pop("BYTELM_SCAN_FWD")
 

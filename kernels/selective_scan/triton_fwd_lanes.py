@@ -91,6 +91,36 @@ def _store_states(p, h, m_row, S: tl.constexpr):
 
 
 @triton.jit
+def _raw(p, m, EVEN: tl.constexpr):
+    """A load in the stored dtype (converted where used: fewer registers while prefetched)."""
+    if EVEN:
+        return tl.load(p)
+    return tl.load(p, mask=m, other=0.0)
+
+
+@triton.jit
+def _tile_loads(p_delta, p_u, p_z, p_B, p_C, s_Bn, s_Cn, t0, t_hi, m_row, S: tl.constexpr,
+                HAS_Z: tl.constexpr, LOCAL: tl.constexpr, EVEN: tl.constexpr, BC: tl.constexpr):
+    """The raw (M, 8) tiles of the 8 steps from t0: Δ, u, z (Δ again without z) and, with BC,
+    the S tiles of B and of C (C: empty in LOCAL mode), else empty tuples."""
+    o_t = t0 + tl.arange(0, 8)
+    m_mt = m_row[:, None] & (o_t < t_hi)[None, :]
+    dt = _raw(p_delta + o_t[None, :], m_mt, EVEN)
+    u = _raw(p_u + o_t[None, :], m_mt, EVEN)
+    z = dt
+    if HAS_Z and not LOCAL:
+        z = _raw(p_z + o_t[None, :], m_mt, EVEN)
+    Bs = ()
+    Cs = ()
+    if BC:
+        for s in tl.static_range(S):
+            Bs = Bs + (_raw(p_B + s * s_Bn + o_t[None, :], m_mt, EVEN),)
+            if not LOCAL:
+                Cs = Cs + (_raw(p_C + s * s_Cn + o_t[None, :], m_mt, EVEN),)
+    return dt, u, z, Bs, Cs
+
+
+@triton.jit
 def _keep_rows(p_seq_row, o_t, m_mt):
     """(M, 8) fp32 factor on a_t: 0 where a document starts at step t (never at t = 0), else 1.
     Read per row (every row the same addresses) so that it has the tiles' own layout."""
@@ -126,11 +156,13 @@ def _fwd_lanes_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_SEQ: tl.constexpr, HAS_H0: tl.constexpr, HAS_FINAL: tl.constexpr, LOCAL: tl.constexpr,
     HAS_CK: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr, R: tl.constexpr,
-    EVEN: tl.constexpr, FAST: tl.constexpr, NUM_STAGES: tl.constexpr,
+    EVEN: tl.constexpr, FAST: tl.constexpr, NUM_STAGES: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """One program per (BLOCK_D channels, chunk of T steps, batch row); R lanes per channel.
     Same arguments and modes as version 3's `_fwd_seq_kernel` (LOCAL: the chunk pass, HAS_CK:
-    the states saved for the sequential backward), with R in place of BLOCK_N."""
+    the states saved for the sequential backward), with R in place of BLOCK_N. PREFETCH: 0
+    loads each tile where it is used; 1 loads the next tile's Δ, u, z while this one computes;
+    2 also the next tile's B and C (2 S x 8 more registers per thread)."""
     S: tl.constexpr = N // R
     M: tl.constexpr = BLOCK_D * R
     i_d, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -168,15 +200,26 @@ def _fwd_lanes_kernel(
     p_y = y_ptr + i_b64 * dim * L + o_cl * L
     p_B = B_ptr + i_b64 * s_Bb + i_g * s_Bg + o_s0[:, None] * s_Bn
     p_C = C_ptr + i_b64 * s_Cb + i_g * s_Cg + o_s0[:, None] * s_Cn
+    t_last = t_lo + ((t_hi - t_lo - 1) // 8) * 8   # the last tile's first step
+    if PREFETCH > 0:
+        nx_dt, nx_u, nx_z, nx_B, nx_C = _tile_loads(p_delta, p_u, p_z, p_B, p_C, s_Bn, s_Cn, t_lo,
+                                                    t_hi, m_row, S, HAS_Z, LOCAL, EVEN, PREFETCH > 1)
     for t0 in tl.range(t_lo, t_hi, 8, num_stages=NUM_STAGES):
         o_t = t0 + tl.arange(0, 8)
         m_t = o_t < t_hi
         m_mt = m_row[:, None] & m_t[None, :]
-        b_dt = _ld(p_delta + o_t[None, :], m_mt, EVEN)
-        b_dt = _softplus(b_dt + b_bias[:, None], SOFTPLUS, FAST)
+        if PREFETCH > 0:  # this tile's loads were issued one tile ago; issue the next tile's
+            r_dt, r_u, r_z, r_B, r_C = nx_dt, nx_u, nx_z, nx_B, nx_C
+            nx_dt, nx_u, nx_z, nx_B, nx_C = _tile_loads(
+                p_delta, p_u, p_z, p_B, p_C, s_Bn, s_Cn, tl.minimum(t0 + 8, t_last), t_hi, m_row,
+                S, HAS_Z, LOCAL, EVEN, PREFETCH > 1)
+        else:
+            r_dt, r_u, r_z, r_B, r_C = _tile_loads(p_delta, p_u, p_z, p_B, p_C, s_Bn, s_Cn, t0,
+                                                   t_hi, m_row, S, HAS_Z, LOCAL, EVEN, False)
+        b_dt = _softplus(r_dt.to(tl.float32) + b_bias[:, None], SOFTPLUS, FAST)
         if not EVEN:
             b_dt = tl.where(m_mt, b_dt, 0.0)  # a = 1, b = 0 past the end: h passes through
-        b_u = _ld(p_u + o_t[None, :], m_mt, EVEN)
+        b_u = r_u.to(tl.float32)
         b_du = b_dt * b_u
         if HAS_SEQ:
             b_keep = _keep_rows(seq_ptr + i_b64 * L, o_t, m_mt)
@@ -193,11 +236,18 @@ def _fwd_lanes_kernel(
             b_a = tl.exp2(b_dt * A2[s][:, None])
             if HAS_SEQ:
                 b_a = b_a * b_keep
-            b_B = _ld(p_B + s * s_Bn + o_t[None, :], m_mt, EVEN)
+            if PREFETCH > 1:
+                b_B = r_B[s].to(tl.float32)
+            else:
+                b_B = _ld(p_B + s * s_Bn + o_t[None, :], m_mt, EVEN)
             h_s, b_H = _walk8(h[s], b_a, b_du * b_B)
             h_new = h_new + (h_s,)
             if not LOCAL:
-                b_y += _ld(p_C + s * s_Cn + o_t[None, :], m_mt, EVEN) * b_H
+                if PREFETCH > 1:
+                    b_C = r_C[s].to(tl.float32)
+                else:
+                    b_C = _ld(p_C + s * s_Cn + o_t[None, :], m_mt, EVEN)
+                b_y += b_C * b_H
         h = h_new
         if not LOCAL:
             if HAS_D:
@@ -206,7 +256,7 @@ def _fwd_lanes_kernel(
                 b_y = tl.reshape(tl.sum(tl.reshape(b_y, [BLOCK_D, R, 8]), 1)[:, None, :]
                                  + tl.zeros([BLOCK_D, R, 8], dtype=tl.float32), [M, 8])
             if HAS_Z:
-                b_y = b_y * _silu(_ld(p_z + o_t[None, :], m_mt, EVEN), FAST)
+                b_y = b_y * _silu(r_z.to(tl.float32), FAST)
             if R > 1:  # one lane group stores
                 tl.store(p_y + o_t[None, :], b_y.to(y_ptr.dtype.element_ty),
                          mask=m_mt & (o_m % R == 0)[:, None])
@@ -231,8 +281,8 @@ def _fwd_lanes_kernel(
 # warps_per_sm x SMs one-warp programs; chunks (LOCAL pass + carry) only when max_R is not
 # enough. Measured choices: kernels/NOTES.md, "Version 4 forward".
 # R: a fixed number of lanes instead (it must divide N).
-LANES_CFG = dict(num_warps=1, warps_per_sm=4, max_R=4, num_stages=2, R=None)
-LANES_CFG_INTERP = dict(num_warps=1, warps_per_sm=1, max_R=2, num_stages=1, R=None)
+LANES_CFG = dict(num_warps=1, warps_per_sm=4, max_R=4, num_stages=1, R=None, prefetch=1)
+LANES_CFG_INTERP = dict(num_warps=1, warps_per_sm=1, max_R=2, num_stages=1, R=None, prefetch=2)
 
 
 def lanes_per_channel(rows_x_dim: int, N: int, want_warps: int, max_R: int, threads: int) -> int:
@@ -274,7 +324,7 @@ def scan_fwd_lanes(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state,
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                  SOFTPLUS=softplus, HAS_SEQ=seq_idx is not None, N=N, BLOCK_D=BD, R=R,
                  EVEN=L % 8 == 0 and T % 8 == 0 and dim % BD == 0, FAST=not interpreting(),
-                 NUM_STAGES=c["num_stages"], num_warps=c["num_warps"])
+                 NUM_STAGES=c["num_stages"], PREFETCH=c["prefetch"], num_warps=c["num_warps"])
     ins = (u, delta, A, B32, C32, D if D is not None else u, z if z is not None else u,
            delta_bias if delta_bias is not None else u, seq_idx if seq_idx is not None else u)
     h0 = initial_state
