@@ -251,16 +251,16 @@ def _sweep_forward_v3(check, ref) -> None:
 
 
 def _sweep_forward_v4(check, ref) -> None:
-    """Version 4 (BYTELM_SCAN_FWD=lanes): R lanes per channel fixed (1 / 2 / 4 / 8) or chosen
-    per shape (warps_per_sm, max_R) x prefetch 0 / 1 / 2 (none; the next tile's Δ, u, z; and
-    its B, C), one with Triton's software pipeliner (num_stages 2), one at 2 warps."""
+    """Version 4 (BYTELM_SCAN_FWD=lanes, forced at every shape): the default config, B and C as
+    fp32 copies, a lower fill before chunking (min_fill), R fixed at 1 / 4 / 8, prefetch 1
+    (the next tile's Δ, u, z only; the default 2 also prefetches B and C). The first sweep
+    (prefetch 0 / 1 / 2 x R, Triton's pipeliner, 2 warps) is in kernels/NOTES.md."""
     from bytelm.kernels.selective_scan import triton_fwd_lanes
     os.environ["BYTELM_SCAN_FWD"] = "lanes"
     _sweep_forward("forward version 4 (lanes)", triton_fwd_lanes.LANES_CFG, [
-        dict(R=R, prefetch=pf) for R in (1, 2, 4, 8) for pf in (0, 1, 2)] + [
-        dict(R=4, prefetch=1, num_stages=2), dict(R=2, prefetch=1, num_warps=2),
-        dict(R=None, warps_per_sm=4, max_R=8, prefetch=1),
-        dict(R=None, warps_per_sm=8, max_R=8, prefetch=1)],
+        {}, dict(bc_fp32=True), dict(min_fill=0.4), dict(min_fill=0.4, bc_fp32=True),
+        dict(R=4), dict(R=4, bc_fp32=True), dict(R=8), dict(R=1, min_fill=0.1),
+        dict(prefetch=1), dict(max_R=4, min_fill=0.2)],
         check, ref)
     os.environ.pop("BYTELM_SCAN_FWD")
 

@@ -188,14 +188,35 @@ def test_decode_step_equals_scan(groups):
 
 
 def test_public_function_dispatches_to_triton(monkeypatch):
+    from bytelm.kernels.selective_scan import triton_fwd_lanes
+
     monkeypatch.setenv("BYTELM_KERNELS", "triton")
     inputs = make_inputs(2, DIM, NSTATE, 17, 1, torch.float32)
     calls = []
-    real = triton_fwd._fwd_seq_kernel.run
-    monkeypatch.setattr(triton_fwd._fwd_seq_kernel, "run", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for kernel in (triton_fwd._fwd_seq_kernel, triton_fwd_lanes._fwd_lanes_kernel):
+        monkeypatch.setattr(kernel, "run", lambda *a, real=kernel.run, **k: calls.append(1) or real(*a, **k))
     y = public_scan(**inputs, delta_softplus=True)
-    assert calls, "the public selective_scan did not run the Triton forward kernel"
+    assert calls, "the public selective_scan did not run a Triton forward kernel"
     assert rel_err(y, selective_scan_ref(**inputs, delta_softplus=True)) < 1e-5
+
+
+def test_auto_forward_picks_version_4_where_it_fits(monkeypatch):
+    """BYTELM_SCAN_FWD unset (auto): version 4 (lanes) when batch x dim fills the GPU without a
+    chunk pass and d_state fits the lanes' registers, else version 3 (seq)."""
+    from bytelm.kernels.selective_scan import triton_fwd_lanes
+
+    monkeypatch.delenv("BYTELM_SCAN_FWD", raising=False)
+    ran = []
+    for name, kernel in (("seq", triton_fwd._fwd_seq_kernel), ("lanes", triton_fwd_lanes._fwd_lanes_kernel)):
+        monkeypatch.setattr(kernel, "run", lambda *a, real=kernel.run, name=name, **k: ran.append(name) or real(*a, **k))
+    for N, programs, want in ((NSTATE, 1, "lanes"), (64, 1, "seq"), (NSTATE, 10 ** 6, "seq")):
+        for c in (triton_fwd_lanes.LANES_CFG, triton_fwd_lanes.LANES_CFG_INTERP):
+            monkeypatch.setitem(c, "warps_per_sm", programs)
+        ran.clear()
+        inputs = make_inputs(2, DIM, N, 5, 1, torch.float32)
+        y = selective_scan(**inputs, delta_softplus=True)
+        assert set(ran) == {want}, (N, programs, ran)
+        assert rel_err(y, selective_scan_ref(**inputs, delta_softplus=True)) < 1e-5
 
 
 SEQ_FWD_CASES = [
@@ -208,12 +229,13 @@ SEQ_FWD_CASES = [
 ]
 
 
+@pytest.mark.parametrize("version", ["chunked", "seq"])
 @pytest.mark.parametrize("L,groups,chunk,opts", SEQ_FWD_CASES)
-def test_chunked_forward_variant_matches_reference(monkeypatch, L, groups, chunk, opts):
-    """Version 2 of the forward (BYTELM_SCAN_FWD=chunked; the default, version 3, runs in every
-    other test here): y and the final state against float64, with chunking (chunk_states + carry),
-    documents, groups."""
-    monkeypatch.setenv("BYTELM_SCAN_FWD", "chunked")
+def test_chunked_forward_variant_matches_reference(monkeypatch, L, groups, chunk, opts, version):
+    """Versions 2 (BYTELM_SCAN_FWD=chunked) and 3 (seq) of the forward (the default picks 4 or
+    3 by shape: 4 at the interpreter's shapes): y and the final state against float64, with
+    chunking (chunk_states + carry or the LOCAL pass), documents, groups."""
+    monkeypatch.setenv("BYTELM_SCAN_FWD", version)
     opts = dict(opts)
     seq = opts.pop("seq", False)
     inputs = make_inputs(2, DIM, NSTATE, L, groups, torch.float32, **opts)
@@ -229,10 +251,11 @@ def test_chunked_forward_variant_matches_reference(monkeypatch, L, groups, chunk
         (rel_err(y, y_ref), rel_err(final, final_ref))
 
 
-def test_chunked_forward_variant_bf16_and_gradients(monkeypatch):
-    """Version 2's forward with the default backward: the states it saves for the backward (one
-    per BLOCK_L tile) are the backward's chunk starts."""
-    monkeypatch.setenv("BYTELM_SCAN_FWD", "chunked")
+@pytest.mark.parametrize("version", ["chunked", "seq"])
+def test_chunked_forward_variant_bf16_and_gradients(monkeypatch, version):
+    """Versions 2 and 3 of the forward with the default backward: the states they save for the
+    backward (one per BLOCK_L / SEQ_CK_T steps) are the backward's chunk starts."""
+    monkeypatch.setenv("BYTELM_SCAN_FWD", version)
     L = LENGTHS[-1]
     check_scan(make_inputs(2, DIM, NSTATE, L, 2, torch.bfloat16), torch.bfloat16,
                chunk_size=None if CUDA else 16)
@@ -277,12 +300,17 @@ def test_lanes_forward_variant_matches_reference(monkeypatch, L, groups, chunk, 
     assert calls and set(calls) == {R}, calls
 
 
-def test_lanes_forward_variant_bf16_and_its_lane_choice(monkeypatch):
-    """bf16 through version 4 with R chosen from the shape, and the choice itself: the fewest
-    lanes that give the wanted programs, a divisor of N, at most max_R."""
+@pytest.mark.parametrize("bc_fp32", [False, True])
+def test_lanes_forward_variant_bf16_and_its_lane_choice(monkeypatch, bc_fp32):
+    """bf16 through version 4 with R chosen from the shape, B and C read as bf16 or as fp32
+    copies, and the choice itself: the fewest lanes that give the wanted programs, a divisor
+    of N, at most max_R."""
+    from bytelm.kernels.selective_scan import triton_fwd_lanes
     from bytelm.kernels.selective_scan.triton_fwd_lanes import lanes_per_channel
 
     monkeypatch.setenv("BYTELM_SCAN_FWD", "lanes")
+    for c in (triton_fwd_lanes.LANES_CFG, triton_fwd_lanes.LANES_CFG_INTERP):
+        monkeypatch.setitem(c, "bc_fp32", bc_fp32)
     check_scan(make_inputs(2, DIM, NSTATE, LENGTHS[-1], 2, torch.bfloat16), torch.bfloat16,
                chunk_size=None if CUDA else 16)
     # 8 x 2048 channels on 132 SMs x 4 warps: 512 one-warp programs at R = 1 (~ the 528 wanted)
@@ -345,7 +373,8 @@ def test_backward_variant_bf16(monkeypatch, version):
 
 @pytest.mark.parametrize("env", ["BYTELM_SCAN_FWD", "BYTELM_SCAN_BWD"])
 def test_version_switches(monkeypatch, env):
-    """BYTELM_SCAN_FWD: unset or seq is version 3, lanes 4, chunked 2; BYTELM_SCAN_BWD: unset or
+    """BYTELM_SCAN_FWD: unset or auto picks version 4 or 3 by shape, seq is 3, lanes 4, chunked
+    2; BYTELM_SCAN_BWD: unset or
     grouped is version 3.1, seq 3, chunked 2; anything else is a one-line UserError naming the
     accepted values."""
     from bytelm.errors import UserError
@@ -353,7 +382,7 @@ def test_version_switches(monkeypatch, env):
 
     version = triton_fwd.forward_version if env.endswith("FWD") else backward_version
     monkeypatch.delenv(env, raising=False)
-    assert version() == ("seq" if env.endswith("FWD") else "grouped")
+    assert version() == ("auto" if env.endswith("FWD") else "grouped")
     monkeypatch.setenv(env, " Chunked ")
     assert version() == "chunked"
     if env.endswith("BWD"):
@@ -362,8 +391,10 @@ def test_version_switches(monkeypatch, env):
     else:
         monkeypatch.setenv(env, "LANES")
         assert version() == "lanes"
+        monkeypatch.setenv(env, "seq")
+        assert version() == "seq"
     monkeypatch.setenv(env, "v2")
-    with pytest.raises(UserError, match="is not one of seq, lanes, chunked" if env.endswith("FWD")
+    with pytest.raises(UserError, match="is not one of auto, seq, lanes, chunked" if env.endswith("FWD")
                        else "is not one of grouped, seq, chunked"):
         version()
 

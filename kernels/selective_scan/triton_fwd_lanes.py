@@ -278,11 +278,15 @@ def _fwd_lanes_kernel(
 
 
 # R lanes per channel: the smallest power of two (dividing N, at most max_R) that gives at least
-# warps_per_sm x SMs one-warp programs; chunks (LOCAL pass + carry) only when max_R is not
-# enough. Measured choices: kernels/NOTES.md, "Version 4 forward".
-# R: a fixed number of lanes instead (it must divide N).
-LANES_CFG = dict(num_warps=1, warps_per_sm=4, max_R=4, num_stages=1, R=None, prefetch=1)
-LANES_CFG_INTERP = dict(num_warps=1, warps_per_sm=1, max_R=2, num_stages=1, R=None, prefetch=2)
+# warps_per_sm x SMs one-warp programs; chunks (LOCAL pass + carry) only when that fills less
+# than min_fill of them. Measured choices: kernels/NOTES.md, "Version 4 forward".
+# R: a fixed number of lanes instead (it must divide N). prefetch: see the kernel. bc_fp32: read
+# fp32 copies of B and C (no conversions in the loop, twice the registers for their prefetch).
+LANES_CFG = dict(num_warps=1, warps_per_sm=4, min_fill=0.5, max_R=2, num_stages=1, R=None,
+                 prefetch=2, bc_fp32=False)
+LANES_CFG_INTERP = dict(num_warps=1, warps_per_sm=1, min_fill=0.5, max_R=2, num_stages=1,
+                        R=None, prefetch=2, bc_fp32=False)
+MAX_STATES_PER_LANE = 16  # beyond this the per-lane state tuple no longer fits in registers
 
 
 def lanes_per_channel(rows_x_dim: int, N: int, want_warps: int, max_R: int, threads: int) -> int:
@@ -293,13 +297,11 @@ def lanes_per_channel(rows_x_dim: int, N: int, want_warps: int, max_R: int, thre
     return R
 
 
-def scan_fwd_lanes(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, seq_idx,
-                   chunk_size, want_final, save_states=False):
-    """scan_fwd with `_fwd_lanes_kernel` (same contract as triton_fwd.scan_fwd_seq). B and C
-    are read as fp32 copies (every lane converts the B and C values it uses: 2 x N x L per
-    row in fp32 costs less than 2 x N conversions per (channel, step))."""
-    c = LANES_CFG_INTERP if interpreting() else LANES_CFG
-    batch, dim, L = u.shape
+def lanes_plan(u, B, c) -> tuple[int, int, int, int]:
+    """(R, BLOCK_D, channel blocks, programs to aim for) for version 4 at u's shape: R from
+    lanes_per_channel; chunks (a LOCAL pass) only when the programs without them would fill
+    less than min_fill of warps_per_sm x SMs."""
+    batch, dim, _ = u.shape
     G, N = B.shape[1], B.shape[2]
     dpg = dim // G
     threads = 32 * c["num_warps"]
@@ -309,10 +311,33 @@ def scan_fwd_lanes(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state,
         raise ValueError(f"{R} lanes per channel must divide d_state {N} and fit {threads} threads")
     BD = max(1, min(threads // R, dpg & (-dpg)))
     nbd = triton.cdiv(dim, BD)
-    T = chunk_steps(L, 8, chunk_size, batch * nbd, want)
+    programs = batch * nbd
+    return R, BD, nbd, (programs if programs >= c["min_fill"] * want else want)
+
+
+def lanes_fit(u, B) -> bool:
+    """Whether version 4 covers this shape without a chunk pass and with at most
+    MAX_STATES_PER_LANE states per lane (else version 3, whose state is a 2-D register tile,
+    is the better forward; kernels/NOTES.md)."""
+    c = LANES_CFG_INTERP if interpreting() else LANES_CFG
+    R, _, nbd, aim = lanes_plan(u, B, c)
+    return B.shape[2] // R <= MAX_STATES_PER_LANE and u.shape[0] * nbd >= aim
+
+
+def scan_fwd_lanes(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, seq_idx,
+                   chunk_size, want_final, save_states=False):
+    """scan_fwd with `_fwd_lanes_kernel` (same contract as triton_fwd.scan_fwd_seq). With
+    bc_fp32, B and C are read as fp32 copies (every lane converts the B and C values it uses;
+    the copies cost 2 x N x L fp32 per row, and registers)."""
+    c = LANES_CFG_INTERP if interpreting() else LANES_CFG
+    batch, dim, L = u.shape
+    G, N = B.shape[1], B.shape[2]
+    dpg = dim // G
+    R, BD, nbd, aim = lanes_plan(u, B, c)
+    T = chunk_steps(L, 8, chunk_size, batch * nbd, aim)
     nc = triton.cdiv(L, T)
     f32 = dict(device=u.device, dtype=torch.float32)
-    B32, C32 = B.float().contiguous(), C.float().contiguous()
+    B32, C32 = (B.float().contiguous(), C.float().contiguous()) if c["bc_fp32"] else (B, C)
     y = triton_fwd.new_empty(batch, dim, L, device=u.device, dtype=u.dtype)
     final = triton_fwd.new_empty(batch, dim, N, **f32) if want_final else None
     TCK = SEQ_CK_T["interp" if interpreting() else "gpu"]
