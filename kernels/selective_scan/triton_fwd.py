@@ -674,6 +674,22 @@ def scan_fwd_seq(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, s
         c = SEQ_CFG_NARROW
     batch, dim, L, G, N, dpg, BD, BN, nbd = launch_dims(u, B, c["BLOCK_D"])
     T = chunk_steps(L, 8, chunk_size, batch * nbd, c["programs_per_sm"] * sm_count(u))
+    return run_sequential_forward(_fwd_seq_kernel, nbd, T, u, delta, A, B, C, D, z, delta_bias,
+                                  seq_idx, initial_state, want_final, save_states,
+                                  SOFTPLUS=softplus, BLOCK_D=BD, BLOCK_N=BN,
+                                  num_warps=c["num_warps"])
+
+
+def run_sequential_forward(kernel, nbd, T, u, delta, A, B, C, D, z, delta_bias, seq_idx,
+                           initial_state, want_final, save_states, **flags):
+    """Launch a sequential-in-time forward kernel (`_fwd_seq_kernel`, or version 4's
+    `_fwd_lanes_kernel`: same arguments) over (nbd channel blocks, chunks of T steps, rows):
+    with several chunks, its LOCAL pass gives each chunk's end state and decay,
+    `_chunk_carry_kernel` the chunk start states, then the main pass writes y (and, with
+    save_states, the state before every SEQ_CK_T-th step). `flags`: the kernel's own
+    constexprs and launch options. Returns scan_fwd's (y, final, saved)."""
+    batch, dim, L = u.shape
+    N = B.shape[2]
     nc = triton.cdiv(L, T)
     f32 = dict(device=u.device, dtype=torch.float32)
     y = new_empty(batch, dim, L, device=u.device, dtype=u.dtype)
@@ -681,29 +697,29 @@ def scan_fwd_seq(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, s
     TCK = SEQ_CK_T["interp" if interpreting() else "gpu"]
     NCK = triton.cdiv(L, TCK)
     ck = new_empty(batch, NCK, dim, N, **f32) if save_states else None
-    common = (dim, L, T, dpg, TCK, NCK, u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
-              z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0,
-              *bc_strides(B), *bc_strides(C))
-    flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                 SOFTPLUS=softplus, HAS_SEQ=seq_idx is not None, N=N, BLOCK_D=BD, BLOCK_N=BN,
-                 num_warps=c["num_warps"])
+    common = (dim, L, T, dim // B.shape[1], TCK, NCK, u.stride(0), u.stride(1), delta.stride(0),
+              delta.stride(1), z.stride(0) if z is not None else 0,
+              z.stride(1) if z is not None else 0, *bc_strides(B), *bc_strides(C))
+    flags.update(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+                 HAS_SEQ=seq_idx is not None, N=N)
     ins = (u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
            delta_bias if delta_bias is not None else u, seq_idx if seq_idx is not None else u)
     h0 = initial_state
     if nc > 1:
         hloc, hdec = new_empty(batch, nc, dim, N, **f32), new_empty(batch, nc, dim, N, **f32)
-        _fwd_seq_kernel[(nbd, nc, batch)](*ins, u, u, u, hloc, hdec, u, *common, HAS_H0=False,
-                                          HAS_FINAL=False, LOCAL=True, HAS_CK=False, **flags)
+        kernel[(nbd, nc, batch)](*ins, u, u, u, hloc, hdec, u, *common, HAS_H0=False,
+                                 HAS_FINAL=False, LOCAL=True, HAS_CK=False, **flags)
         BDc = min(32, triton.next_power_of_2(dim))
         _chunk_carry_kernel[(triton.cdiv(dim, BDc), batch)](
             hloc, hdec, initial_state if initial_state is not None else hloc, dim, N, nc,
-            HAS_INIT=initial_state is not None, REVERSE=False, BLOCK_D=BDc, BLOCK_N=BN)
+            HAS_INIT=initial_state is not None, REVERSE=False, BLOCK_D=BDc,
+            BLOCK_N=triton.next_power_of_2(N))
         h0 = hloc
-    _fwd_seq_kernel[(nbd, nc, batch)](*ins, h0 if h0 is not None else u, y,
-                                      final if final is not None else u, u, u,
-                                      ck if ck is not None else u, *common,
-                                      HAS_H0=h0 is not None, HAS_FINAL=final is not None,
-                                      LOCAL=False, HAS_CK=ck is not None, **flags)
+    kernel[(nbd, nc, batch)](*ins, h0 if h0 is not None else u, y,
+                             final if final is not None else u, u, u,
+                             ck if ck is not None else u, *common,
+                             HAS_H0=h0 is not None, HAS_FINAL=final is not None,
+                             LOCAL=False, HAS_CK=ck is not None, **flags)
     return y, final, (None if ck is None else (ck, TCK))
 
 

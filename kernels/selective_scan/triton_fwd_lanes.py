@@ -25,15 +25,12 @@ chunked path (LOCAL pass, carry, main pass) runs with this kernel (LOCAL mode).
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 from triton.language.extra.cuda import libdevice
 
 from bytelm.kernels.selective_scan.triton_fwd import (
-    LOG2E, SEQ_CK_T, _chunk_carry_kernel, _cols8, _join8, bc_strides, chunk_steps,
-    interpreting, sm_count)
-from bytelm.kernels.selective_scan import triton_fwd
+    LOG2E, _cols8, _join8, chunk_steps, interpreting, run_sequential_forward, sm_count)
 
 LN2 = tl.constexpr(0.6931471805599453)
 
@@ -331,42 +328,12 @@ def scan_fwd_lanes(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state,
     the copies cost 2 x N x L fp32 per row, and registers)."""
     c = LANES_CFG_INTERP if interpreting() else LANES_CFG
     batch, dim, L = u.shape
-    G, N = B.shape[1], B.shape[2]
-    dpg = dim // G
     R, BD, nbd, aim = lanes_plan(u, B, c)
     T = chunk_steps(L, 8, chunk_size, batch * nbd, aim)
-    nc = triton.cdiv(L, T)
-    f32 = dict(device=u.device, dtype=torch.float32)
-    B32, C32 = (B.float().contiguous(), C.float().contiguous()) if c["bc_fp32"] else (B, C)
-    y = triton_fwd.new_empty(batch, dim, L, device=u.device, dtype=u.dtype)
-    final = triton_fwd.new_empty(batch, dim, N, **f32) if want_final else None
-    TCK = SEQ_CK_T["interp" if interpreting() else "gpu"]
-    NCK = triton.cdiv(L, TCK)
-    ck = triton_fwd.new_empty(batch, NCK, dim, N, **f32) if save_states else None
-    common = (dim, L, T, dpg, TCK, NCK, u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
-              z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0,
-              *bc_strides(B32), *bc_strides(C32))
-    flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                 SOFTPLUS=softplus, HAS_SEQ=seq_idx is not None, N=N, BLOCK_D=BD, R=R,
-                 EVEN=L % 8 == 0 and T % 8 == 0 and dim % BD == 0, FAST=not interpreting(),
-                 NUM_STAGES=c["num_stages"], PREFETCH=c["prefetch"], num_warps=c["num_warps"])
-    ins = (u, delta, A, B32, C32, D if D is not None else u, z if z is not None else u,
-           delta_bias if delta_bias is not None else u, seq_idx if seq_idx is not None else u)
-    h0 = initial_state
-    if nc > 1:
-        hloc = triton_fwd.new_empty(batch, nc, dim, N, **f32)
-        hdec = triton_fwd.new_empty(batch, nc, dim, N, **f32)
-        _fwd_lanes_kernel[(nbd, nc, batch)](*ins, u, u, u, hloc, hdec, u, *common, HAS_H0=False,
-                                            HAS_FINAL=False, LOCAL=True, HAS_CK=False, **flags)
-        BDc = min(32, triton.next_power_of_2(dim))
-        _chunk_carry_kernel[(triton.cdiv(dim, BDc), batch)](
-            hloc, hdec, initial_state if initial_state is not None else hloc, dim, N, nc,
-            HAS_INIT=initial_state is not None, REVERSE=False, BLOCK_D=BDc,
-            BLOCK_N=triton.next_power_of_2(N))
-        h0 = hloc
-    _fwd_lanes_kernel[(nbd, nc, batch)](*ins, h0 if h0 is not None else u, y,
-                                        final if final is not None else u, u, u,
-                                        ck if ck is not None else u, *common,
-                                        HAS_H0=h0 is not None, HAS_FINAL=final is not None,
-                                        LOCAL=False, HAS_CK=ck is not None, **flags)
-    return y, final, (None if ck is None else (ck, TCK))
+    if c["bc_fp32"]:
+        B, C = B.float().contiguous(), C.float().contiguous()
+    return run_sequential_forward(
+        _fwd_lanes_kernel, nbd, T, u, delta, A, B, C, D, z, delta_bias, seq_idx, initial_state,
+        want_final, save_states, SOFTPLUS=softplus, BLOCK_D=BD, R=R,
+        EVEN=L % 8 == 0 and T % 8 == 0 and dim % BD == 0, FAST=not interpreting(),
+        NUM_STAGES=c["num_stages"], PREFETCH=c["prefetch"], num_warps=c["num_warps"])
