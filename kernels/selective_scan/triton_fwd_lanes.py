@@ -280,7 +280,7 @@ def _fwd_lanes_kernel(
 # R: a fixed number of lanes instead (it must divide N). prefetch: see the kernel. bc_fp32: read
 # fp32 copies of B and C (no conversions in the loop, twice the registers for their prefetch).
 LANES_CFG = dict(num_warps=1, warps_per_sm=4, min_fill=0.5, max_R=2, num_stages=1, R=None,
-                 prefetch=2, bc_fp32=False)
+                 prefetch=2, bc_fp32=True)
 LANES_CFG_INTERP = dict(num_warps=1, warps_per_sm=1, min_fill=0.5, max_R=2, num_stages=1,
                         R=None, prefetch=2, bc_fp32=False)
 MAX_STATES_PER_LANE = 16  # beyond this the per-lane state tuple no longer fits in registers
