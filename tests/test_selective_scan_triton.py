@@ -201,21 +201,26 @@ def test_public_function_dispatches_to_triton(monkeypatch):
 
 
 def test_auto_forward_picks_version_4_where_it_fits(monkeypatch):
-    """BYTELM_SCAN_FWD unset (auto): version 4 (lanes) when batch x dim fills the GPU without a
-    chunk pass and d_state fits the lanes' registers, else version 3 (seq)."""
+    """BYTELM_SCAN_FWD unset (auto): version 4 (lanes) for a forward that saves no states for
+    the backward, when batch x dim fills enough programs without a chunk pass (min_fill of
+    warps_per_sm x SMs) and d_state fits the lanes' registers; else version 3 (seq)."""
     from bytelm.kernels.selective_scan import triton_fwd_lanes
 
     monkeypatch.delenv("BYTELM_SCAN_FWD", raising=False)
     ran = []
     for name, kernel in (("seq", triton_fwd._fwd_seq_kernel), ("lanes", triton_fwd_lanes._fwd_lanes_kernel)):
         monkeypatch.setattr(kernel, "run", lambda *a, real=kernel.run, name=name, **k: ran.append(name) or real(*a, **k))
-    for N, programs, want in ((NSTATE, 1, "lanes"), (64, 1, "seq"), (NSTATE, 10 ** 6, "seq")):
+    cases = [(NSTATE, 0.0, 1, False, "lanes"), (64, 0.0, 1, False, "seq"),
+             (NSTATE, 0.5, 10 ** 6, False, "seq"), (NSTATE, 0.0, 1, True, "seq")]
+    for N, fill, programs, grad, want in cases:
         for c in (triton_fwd_lanes.LANES_CFG, triton_fwd_lanes.LANES_CFG_INTERP):
             monkeypatch.setitem(c, "warps_per_sm", programs)
+            monkeypatch.setitem(c, "min_fill", fill)
         ran.clear()
         inputs = make_inputs(2, DIM, N, 5, 1, torch.float32)
+        inputs["u"].requires_grad_(grad)
         y = selective_scan(**inputs, delta_softplus=True)
-        assert set(ran) == {want}, (N, programs, ran)
+        assert set(ran) == {want}, (N, fill, programs, grad, ran)
         assert rel_err(y, selective_scan_ref(**inputs, delta_softplus=True)) < 1e-5
 
 
