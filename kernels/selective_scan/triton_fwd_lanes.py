@@ -317,8 +317,8 @@ def lanes_fit(u, B) -> bool:
     MAX_STATES_PER_LANE states per lane (else version 3, whose state is a 2-D register tile,
     is the better forward; kernels/NOTES.md). The default dispatch asks only for forwards that
     save no states: on the H200 (2026-12-02) fwd+bwd at 8 x 2048 took 9.45 ms with version 4
-    saving the backward's states (the HAS_CK variant spills 216 bytes per thread) against 2.51
-    ms with version 3; not yet explained."""
+    saving the backward's states (that variant spills 216 bytes per thread at fp32 B / C, none
+    at bf16: the likely cause, not yet measured) against 2.51 ms with version 3."""
     c = LANES_CFG_INTERP if interpreting() else LANES_CFG
     R, _, nbd, aim = lanes_plan(u, B, c)
     return B.shape[2] // R <= MAX_STATES_PER_LANE and u.shape[0] * nbd >= aim
