@@ -646,9 +646,8 @@ FWD_ENV = "BYTELM_SCAN_FWD"
 
 def forward_version() -> str:
     """'auto' (the default: version 4 for a no-grad forward where it fits the shape, else 3),
-    'seq' (version 3,
-    `_fwd_seq_kernel`), 'lanes' (version 4, triton_fwd_lanes.py) or 'chunked' (version 2,
-    `_fwd_kernel`)."""
+    'seq' (version 3, `_fwd_seq_kernel`), 'lanes' (version 4, triton_fwd_lanes.py) or
+    'chunked' (version 2, `_fwd_kernel`)."""
     return env_choice(FWD_ENV, ("auto", "seq", "lanes", "chunked"),
                       "version 4 for no-grad forwards that fit it, else 3")
 

@@ -57,14 +57,6 @@ def _silu(z, FAST: tl.constexpr):
 
 
 @triton.jit
-def _ld(p, m, EVEN: tl.constexpr):
-    """A masked load (0 outside), unmasked when every tile is full."""
-    if EVEN:
-        return tl.load(p).to(tl.float32)
-    return tl.load(p, mask=m, other=0.0).to(tl.float32)
-
-
-@triton.jit
 def _zeros_states(M: tl.constexpr, S: tl.constexpr):
     h = ()
     for s in tl.static_range(S):
@@ -89,10 +81,17 @@ def _store_states(p, h, m_row, S: tl.constexpr):
 
 @triton.jit
 def _raw(p, m, EVEN: tl.constexpr):
-    """A load in the stored dtype (converted where used: fewer registers while prefetched)."""
+    """A masked load (0 outside; unmasked when every tile is full) in the stored dtype
+    (converted where used: fewer registers while prefetched)."""
     if EVEN:
         return tl.load(p)
     return tl.load(p, mask=m, other=0.0)
+
+
+@triton.jit
+def _ld(p, m, EVEN: tl.constexpr):
+    """_raw, in fp32."""
+    return _raw(p, m, EVEN).to(tl.float32)
 
 
 @triton.jit
