@@ -30,16 +30,17 @@ def capturable_adamw(groups, lr: float, betas, device):
 class GraphedStep:
     """step(x, target, idx, lr) -> (loss, logits), the latter two valid until the next call.
     logits_fn(model, x, idx) gives the (B, n, V) answer logits; the loss is their cross-entropy
-    against target (B, n); gradients are clipped to norm 1."""
+    against target (B, n); gradients are clipped to norm 1. bf16: the forward under bf16 autocast
+    (else fp32)."""
 
-    def __init__(self, model, opt, logits_fn):
-        self.model, self.opt, self.logits_fn = model, opt, logits_fn
+    def __init__(self, model, opt, logits_fn, bf16: bool = True):
+        self.model, self.opt, self.logits_fn, self.bf16 = model, opt, logits_fn, bf16
         self.graphs = {}       # shape key -> (graph, static x, target, idx, loss, logits)
         self.eager_left = {}   # shape key -> warmup steps still to run eagerly
         self.stream = torch.cuda.Stream()
 
     def _body(self, x, target, idx):
-        with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+        with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False, enabled=self.bf16):
             logits = self.logits_fn(self.model, x, idx)
         loss = F.cross_entropy(logits.float().flatten(0, 1), target.flatten())
         loss.backward()

@@ -47,6 +47,7 @@ from bytelm.models import ARCHS, LM, make_config
 
 EVAL_TOKEN_CAP = 1 << 25        # test tokens per length; fewer examples beyond (>= EVAL_MIN_EXAMPLES)
 EVAL_MIN_EXAMPLES = 16
+PRECISIONS = ("bf16", "fp32")
 DEFAULTS = {  # per task: batch, steps, lr, weight decay (see scripts/synthetic.sh for the papers')
     "selective-copy": dict(batch_size=64, steps=4000, lr=1e-3, weight_decay=0.0),
     "induction-heads": dict(batch_size=32, steps=4000, lr=1e-3, weight_decay=0.0),
@@ -99,6 +100,17 @@ def answer_logits(model: LM, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor
         return model(x)                                                  # (B, n, V)
 
 
+def precision_context(device: torch.device, precision: str):
+    """bf16 autocast (CUDA) or plain fp32. On the CPU every run is fp32: autocast is CUDA-only here."""
+    if precision == "bf16" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
+    return contextlib.nullcontext()
+
+
+def _effective(device: torch.device, precision: str) -> str:
+    return precision if device.type == "cuda" else "fp32"
+
+
 def _is_oom(exc: BaseException) -> bool:
     if isinstance(exc, torch.OutOfMemoryError):
         return True
@@ -129,7 +141,6 @@ def _task_kw(o) -> dict:
 # ---------------------------------------------------------------------------- train
 def train(model: LM, o, device: torch.device, log=None) -> dict:
     """Train in place on fresh batches; returns the run's training record."""
-    from bytelm.train.evaluate import autocast_for
     from bytelm.train.trainer import build_optimizer
 
     log = log or (lambda msg: None)
@@ -141,7 +152,7 @@ def train(model: LM, o, device: torch.device, log=None) -> dict:
         from bytelm.eval.graph_step import GraphedStep, capturable_adamw
         opt = capturable_adamw([{"params": g["params"], "weight_decay": g["weight_decay"]}
                                 for g in opt.param_groups], o.lr, (0.9, 0.95), device)
-        graphed = GraphedStep(model, opt, answer_logits)
+        graphed = GraphedStep(model, opt, answer_logits, bf16=o.precision == "bf16")
     model.train()
     history, stopped = [], "steps"
     length = o.curriculum or o.seq_len             # the context length of this step's batches
@@ -201,7 +212,7 @@ def train(model: LM, o, device: torch.device, log=None) -> dict:
                     group["lr"].fill_(lr)
                 else:
                     group["lr"] = lr
-            with autocast_for(device):
+            with precision_context(device, o.precision):
                 logits = answer_logits(model, x, idx)                    # (B, n, V)
             loss = F.cross_entropy(logits.float().flatten(0, 1), target.flatten())
             opt.zero_grad(set_to_none=True)
@@ -231,11 +242,11 @@ def eval_seed(seed: int, length: int) -> int:
 
 
 @torch.no_grad()
-def accuracy_at(model: LM, o, length: int, examples: int, batch: int, device) -> float:
-    """Accuracy over all answers of `examples` rows at `length`, `batch` rows at a time. The rows
-    depend only on (seed, length), not on the batch size."""
-    from bytelm.train.evaluate import autocast_for
-
+def accuracy_at(model: LM, o, length: int, examples: int, batch: int, device,
+                precision: str = "bf16") -> float:
+    """Accuracy over all answers of `examples` rows at `length`, `batch` rows at a time, under
+    `precision` (bf16 autocast or fp32). The rows depend only on (seed, length), not on the batch
+    size or the precision."""
     gen = torch.Generator(device=device).manual_seed(eval_seed(o.seed, length))
     kw = _task_kw(o)
     correct = answers = 0
@@ -244,7 +255,7 @@ def accuracy_at(model: LM, o, length: int, examples: int, batch: int, device) ->
         rows = [tasks.make_batch(o.task, 1, length, gen, **kw) for _ in range(min(batch, examples - start))]
         x, y, idx = (torch.cat(parts) for parts in zip(*rows))
         target = y.gather(1, idx)
-        with autocast_for(device):
+        with precision_context(device, precision):
             logits = answer_logits(model, x, idx)
         correct += int((logits.argmax(-1) == target).sum())
         answers += target.numel()
@@ -290,8 +301,9 @@ def memory_horizons(model: LM, x: torch.Tensor) -> list[dict]:
     return out
 
 
-def evaluate_lengths(model: LM, o, device, log=None) -> tuple[dict, dict]:
-    """accuracy_by_length {str(length): accuracy or None} and per-length details."""
+def evaluate_lengths(model: LM, o, device, log=None, precision: str = "bf16") -> tuple[dict, dict]:
+    """accuracy_by_length {str(length): accuracy or None} and per-length details, under
+    `precision` (bf16 autocast or fp32)."""
     log = log or (lambda msg: None)
     model.eval()
     lengths = sorted(set(o.eval_lengths) | {o.seq_len})
@@ -315,7 +327,7 @@ def evaluate_lengths(model: LM, o, device, log=None) -> tuple[dict, dict]:
         t0 = time.time()
         while True:
             try:
-                value = accuracy_at(model, o, length, examples, batch, device)
+                value = accuracy_at(model, o, length, examples, batch, device, precision)
                 break
             except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled
                 if not _is_oom(exc):
@@ -336,7 +348,7 @@ def evaluate_lengths(model: LM, o, device, log=None) -> tuple[dict, dict]:
         acc[str(length)] = value
         details[str(length)] = dict(status="ok", examples=examples, batch=batch,
                                     seconds=round(time.time() - t0, 2))
-        log(f"length {length:>8}: accuracy {value:.4f} ({examples} rows, batch {batch})")
+        log(f"length {length:>8}: accuracy {value:.4f} ({examples} rows, batch {batch}, {precision})")
     return acc, details
 
 
@@ -363,7 +375,10 @@ def run(o, log=None) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     record = train(model, o, device, log)
     t0 = time.time()
-    acc, details = evaluate_lengths(model, o, device, log)
+    by_precision = {}  # eval precision -> (accuracy_by_length, details); the first is the headline
+    for precision in o.eval_precision:
+        by_precision[precision] = evaluate_lengths(model, o, device, log, precision)
+    acc, details = by_precision[o.eval_precision[0]]
     horizons = None
     if o.model != "transformer":  # one test batch at the training length, as in the tests
         gen = torch.Generator(device=device).manual_seed(eval_seed(o.seed, o.seq_len))
@@ -382,6 +397,8 @@ def run(o, log=None) -> dict:
         "final_train_accuracy": record["history"][-1]["train_accuracy"] if record["history"] else None,
         "seconds_train": record["seconds_train"], "seconds_eval": round(time.time() - t0, 2),
         "eval": details,
+        "precision": o.precision, "eval_precision": o.eval_precision[0],
+        "accuracy_by_precision": {p: a for p, (a, _) in by_precision.items()},
         "memory_horizon": horizons,
         "cuda_graphs": record["cuda_graphs"],   # graphs captured (one per batch shape), "failed", None
         "curriculum": None if not o.curriculum else dict(
@@ -450,11 +467,14 @@ def results_table(results: list[dict]) -> str:
                        + " | paper |")
             out.append("|---" * (len(lengths) + 4) + "|")
             for r in rows:
-                acc = r["accuracy_by_length"]
-                out.append(f"| {run_label(r)} | {_steps_cell(r)} | {r['params']:,} | " + " | ".join(
-                    (("**" + _pct(acc[str(n)]) + "**") if n == r["train_length"] else _pct(acc[str(n)]))
-                    if str(n) in acc else "" for n in lengths)
-                    + f" | {PAPER.get((task, r['model']), '')} |")
+                # one row per test precision (the headline first) where a run was tested under two
+                tested = r.get("accuracy_by_precision") or {None: r["accuracy_by_length"]}
+                for precision, acc in tested.items():
+                    label = run_label(r) + (f", tested {precision}" if len(tested) > 1 else "")
+                    out.append(f"| {label} | {_steps_cell(r)} | {r['params']:,} | " + " | ".join(
+                        (("**" + _pct(acc[str(n)]) + "**") if n == r["train_length"] else _pct(acc[str(n)]))
+                        if str(n) in acc else "" for n in lengths)
+                        + f" | {PAPER.get((task, r['model']), '')} |")
         out.append("")
     out.append("Accuracy (%) over the answer tokens; bold: the training length; oom: ran out of "
                "memory at batch 1. A curriculum run trained on shorter contexts first (doubling "
@@ -471,10 +491,16 @@ def _mqar_cell(r: dict) -> str:
 def _steps_cell(r: dict) -> str:
     """Steps, and for a curriculum run the lengths it went through and when it reached the last."""
     cur = r.get("curriculum")
+    how = []  # the recipe; records before 2026-12-03 have no precision: bf16 autocast on CUDA then
+    o = r.get("options")
+    if o:
+        precision = r.get("precision") or ("bf16" if str(r.get("device", "")).startswith("cuda") else "fp32")
+        how = [f"batch {o.get('batch_size')}", o.get("schedule") or "cosine", f"{precision} training",
+               f"seed {r.get('seed', 0)}"]
     if not cur:
-        return str(r["steps"])
+        return str(r["steps"]) + (f" ({', '.join(how)})" if how else "")
     reached = cur["full_length_from_step"]
-    return (f"{r['steps']} (curriculum {cur['start']} to {r['train_length']}, "
+    return (f"{r['steps']} ({''.join(h + ', ' for h in how)}curriculum {cur['start']} to {r['train_length']}, "
             + (f"full length from step {reached})" if reached is not None
                else f"never past length {cur['final_length']})"))
 
@@ -569,6 +595,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run each training step as one captured CUDA graph (CUDA only; the small "
                         "models' steps are launch-bound)")
     p.add_argument("--weight-decay", type=float, default=None, help="default 0 (0.1 for mqar, as Zoology)")
+    p.add_argument("--precision", choices=PRECISIONS, default="bf16",
+                   help="training arithmetic on CUDA: bf16 autocast (default) or fp32 (the CPU is always fp32)")
+    p.add_argument("--eval-precision", default=None,
+                   help="test arithmetic: bf16, fp32, or both as bf16,fp32 (each length tested under "
+                        "each; the first is the headline accuracy_by_length); default --precision")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write results.json and accuracy.png here")
@@ -624,6 +655,11 @@ def resolve_options(args) -> SimpleNamespace:
     for key in ("d_state", "n_head", "num_kv_pairs", "vocab", "time_budget"):
         if getattr(o, key) is not None and getattr(o, key) <= 0:
             raise UserError(f"--{key.replace('_', '-')} must be positive, got {getattr(o, key)}")
+    o.precision = _effective(device, o.precision)
+    wanted = [t.strip() for t in (o.eval_precision or o.precision).split(",") if t.strip()]
+    if not wanted or any(t not in PRECISIONS for t in wanted) or len(set(wanted)) < len(wanted):
+        raise UserError(f"--eval-precision must be bf16, fp32 or both (bf16,fp32), got {o.eval_precision!r}")
+    o.eval_precision = list(dict.fromkeys(_effective(device, t) for t in wanted))
     if o.cuda_graph and device.type != "cuda":
         raise UserError(f"--cuda-graph needs a CUDA device, got --device {o.device}; drop --cuda-graph")
     if o.lr <= 0 or o.weight_decay < 0 or o.warmup < 0:

@@ -189,7 +189,7 @@ def test_out_of_memory_is_recorded_per_length(monkeypatch):
     o = options(["induction-heads", "--device", "cpu", "--seq-len", "32", "--eval-lengths", "16,32,64,128"])
     batches = []
 
-    def fake(model, o, length, examples, batch, device):
+    def fake(model, o, length, examples, batch, device, precision="bf16"):
         batches.append((length, batch))
         if length >= 64:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
@@ -371,3 +371,22 @@ def test_cuda_graph_step_matches_the_eager_loop(arch):
         assert record["steps"] == 40 and record["cuda_graphs"] == (1 if graph else None)
     for a, b in zip(losses[False], losses[True]):
         assert abs(a - b) <= 2e-2 * max(1.0, abs(a)), (losses[False], losses[True])
+
+
+def test_precision_options_resolve_and_reject_bad_input():
+    o = options(["induction-heads", "--device", "cpu", "--eval-precision", "bf16,fp32"])
+    assert o.precision == "fp32" and o.eval_precision == ["fp32"]   # the CPU runs fp32 only
+    for bad in ("fp16", "bf16,bf16", ","):
+        with pytest.raises(UserError, match="--eval-precision"):
+            options(["induction-heads", "--device", "cpu", "--eval-precision", bad])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_eval_precisions_are_recorded_separately_on_cuda():
+    o = options(["induction-heads", "--device", "cuda", "--seq-len", "32", "--steps", "3",
+                 "--batch-size", "4", "--eval-lengths", "64", "--eval-examples", "8",
+                 "--precision", "fp32", "--eval-precision", "fp32,bf16"])
+    r = S.run(o)
+    assert r["precision"] == "fp32" and r["eval_precision"] == "fp32"
+    assert set(r["accuracy_by_precision"]) == {"fp32", "bf16"}
+    assert r["accuracy_by_precision"]["fp32"] == r["accuracy_by_length"]
