@@ -221,7 +221,7 @@ def selective_scan_sweep(parts=("fwd3", "fwd4", "bwd2", "bwd3", "bwd31")) -> Non
     variant's y and gradients at 8x2048 are compared with the default configs' ("agree"), which
     gpu_check_selective_scan.py checks against the reference. `parts`: which groups to time
     (fwd3: sequential forward, fwd4: the lanes forward, bwd2: version 2 backward, bwd3: version 3 (sequential) backward,
-    bwd31: version 3.1 (grouped))."""
+    bwd31: version 3.1 (grouped), train4: version 4 as the training forward)."""
     check = scan_inputs(8, 2048)
     ref = _scan_outputs(check)
     # version 2's forward configs were swept already (kernels/NOTES.md); version 3 (sequential in
@@ -230,6 +230,8 @@ def selective_scan_sweep(parts=("fwd3", "fwd4", "bwd2", "bwd3", "bwd31")) -> Non
         _sweep_forward_v3(check, ref)
     if "fwd4" in parts:
         _sweep_forward_v4(check, ref)
+    if "train4" in parts:
+        _sweep_train_v4(check, ref)
     if "bwd2" in parts:
         _sweep_backward_v2(check, ref)
     if "bwd3" in parts:
@@ -258,9 +260,36 @@ def _sweep_forward_v4(check, ref) -> None:
     from bytelm.kernels.selective_scan import triton_fwd_lanes
     os.environ["BYTELM_SCAN_FWD"] = "lanes"
     _sweep_forward("forward version 4 (lanes)", triton_fwd_lanes.LANES_CFG, [
-        {}, dict(bc_fp32=True), dict(min_fill=0.4), dict(min_fill=0.4, bc_fp32=True),
-        dict(R=4), dict(R=1, min_fill=0.1)],
+        {}, dict(bc_fp32=False), dict(min_fill=0.4), dict(min_fill=0.4, bc_fp32=False),
+        dict(R=4), dict(R=4, bc_fp32=False)],
         check, ref)
+    os.environ.pop("BYTELM_SCAN_FWD")
+
+
+def _sweep_train_v4(check, ref) -> None:
+    """Version 4 as the training forward (BYTELM_SCAN_FWD=lanes: it saves the chunk states the
+    grouped backward reads), fwd+bwd ms, with fp32 and with bf16 B / C (the fp32 variant spills
+    when it saves states, kernels/NOTES.md); "agree" compares y and every gradient at 8x2048."""
+    from bytelm.kernels.selective_scan import triton_fwd_lanes
+    from bytelm.kernels.selective_scan.triton_op import selective_scan
+    cfg = triton_fwd_lanes.LANES_CFG
+    saved = dict(cfg)
+    os.environ["BYTELM_SCAN_FWD"] = "lanes"
+    print("\nsweep: version 4 as the training forward (+ the default backward), fwd+bwd ms")
+    for c in [dict(bc_fp32=True), dict(bc_fp32=False), dict(bc_fp32=False, prefetch=1)]:
+        cfg.update(c)
+        try:
+            ms = []
+            for batch, L in SHAPES:
+                inputs = scan_inputs(batch, L)
+                ms.append(time_scan(lambda **kw: selective_scan(**kw, delta_softplus=True), inputs)[1])
+            agree = _max_rel(_scan_outputs(check), ref)
+            print(f"  {c}: " + "  ".join(f"{m:.3f}" for m in ms) + f"  agree {agree:.1e}", flush=True)
+        except Exception as err:  # noqa: BLE001 - a config that fails to compile is reported
+            print(f"  {c}: failed ({type(err).__name__}: {err})"[:300], flush=True)
+        finally:
+            cfg.clear()
+            cfg.update(saved)
     os.environ.pop("BYTELM_SCAN_FWD")
 
 
@@ -338,7 +367,7 @@ def main() -> None:
     p.add_argument("--sweep-only", action="store_true", help="time the variants, skip the table")
     p.add_argument("--sweep-parts", default="fwd3,fwd4,bwd2,bwd3,bwd31",
                    help="comma-separated sweep groups: fwd3 (sequential forward), fwd4 (lanes "
-                        "forward), bwd2 (chunked "
+                        "forward), train4 (lanes as the training forward, fwd+bwd), bwd2 (chunked "
                         "backward), bwd3 (sequential backward), bwd31 (grouped backward)")
     args = p.parse_args()
     assert torch.cuda.is_available(), "bench_kernels.py times GPU kernels: run it on the GPU machine"

@@ -201,9 +201,9 @@ def test_public_function_dispatches_to_triton(monkeypatch):
 
 
 def test_auto_forward_picks_version_4_where_it_fits(monkeypatch):
-    """BYTELM_SCAN_FWD unset (auto): version 4 (lanes) for a forward that saves no states for
-    the backward, when batch x dim fills enough programs without a chunk pass (min_fill of
-    warps_per_sm x SMs) and d_state fits the lanes' registers; else version 3 (seq)."""
+    """BYTELM_SCAN_FWD unset (auto): version 4 (lanes), with or without gradients, when batch x
+    dim fills enough programs without a chunk pass (min_fill of warps_per_sm x SMs) and d_state
+    fits the lanes' registers; else version 3 (seq)."""
     from bytelm.kernels.selective_scan import triton_fwd_lanes
 
     monkeypatch.delenv("BYTELM_SCAN_FWD", raising=False)
@@ -211,7 +211,8 @@ def test_auto_forward_picks_version_4_where_it_fits(monkeypatch):
     for name, kernel in (("seq", triton_fwd._fwd_seq_kernel), ("lanes", triton_fwd_lanes._fwd_lanes_kernel)):
         monkeypatch.setattr(kernel, "run", lambda *a, real=kernel.run, name=name, **k: ran.append(name) or real(*a, **k))
     cases = [(NSTATE, 0.0, 1, False, "lanes"), (64, 0.0, 1, False, "seq"),
-             (NSTATE, 0.5, 10 ** 6, False, "seq"), (NSTATE, 0.0, 1, True, "seq")]
+             (NSTATE, 0.5, 10 ** 6, False, "seq"), (NSTATE, 0.0, 1, True, "lanes"),
+             (NSTATE, 0.5, 10 ** 6, True, "seq")]
     for N, fill, programs, grad, want in cases:
         for c in (triton_fwd_lanes.LANES_CFG, triton_fwd_lanes.LANES_CFG_INTERP):
             monkeypatch.setitem(c, "warps_per_sm", programs)

@@ -596,14 +596,14 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, seq_i
     for the sequential backward; else None.
     Inputs already normalized by triton_op.py (B, C 4-D, unit stride along L, fp32 A/D/bias).
     BYTELM_SCAN_FWD (forward_version()): auto, the default, runs version 4
-    (triton_fwd_lanes.py) for a forward that saves no states for the backward where it needs
-    no chunk pass (`lanes_fit`: batch x dim large enough, d_state <= 32), else version 3; lanes
+    (triton_fwd_lanes.py) where it needs no chunk pass (`lanes_fit`: batch x dim large enough,
+    d_state <= 32), with or without saving states for the backward, else version 3; lanes
     forces version 4, seq version 3 (`scan_fwd_seq`), chunked version 2 (`_fwd_kernel`)."""
     version = forward_version()
     if version in ("auto", "lanes"):
         from bytelm.kernels.selective_scan.triton_fwd_lanes import lanes_fit, scan_fwd_lanes
-        if version == "auto":  # a training forward (save_states) stays on version 3: see lanes_fit
-            version = "lanes" if not save_states and lanes_fit(u, B) else "seq"
+        if version == "auto":
+            version = "lanes" if lanes_fit(u, B) else "seq"
     if version == "lanes":
         return scan_fwd_lanes(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state,
                               seq_idx, chunk_size, want_final, save_states)
@@ -645,11 +645,11 @@ FWD_ENV = "BYTELM_SCAN_FWD"
 
 
 def forward_version() -> str:
-    """'auto' (the default: version 4 for a no-grad forward where it fits the shape, else 3),
+    """'auto' (the default: version 4 where it fits the shape, else 3),
     'seq' (version 3, `_fwd_seq_kernel`), 'lanes' (version 4, triton_fwd_lanes.py) or
     'chunked' (version 2, `_fwd_kernel`)."""
     return env_choice(FWD_ENV, ("auto", "seq", "lanes", "chunked"),
-                      "version 4 for no-grad forwards that fit it, else 3")
+                      "version 4 where it fits the shape, else 3")
 
 
 # Version 3: channels per program, warps, programs per SM (the chunk length is a multiple of 8

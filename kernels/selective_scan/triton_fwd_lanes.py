@@ -277,9 +277,12 @@ def _fwd_lanes_kernel(
 # warps_per_sm x SMs one-warp programs; chunks (LOCAL pass + carry) only when that fills less
 # than min_fill of them. Measured choices: kernels/NOTES.md, "Version 4 forward".
 # R: a fixed number of lanes instead (it must divide N). prefetch: see the kernel. bc_fp32: read
-# fp32 copies of B and C (no conversions in the loop, twice the registers for their prefetch).
+# fp32 copies of B and C (no conversions in the loop, twice the registers for their prefetch):
+# slower on the H200 (2026-12-03, fwd ms at 8x2048 / 2x8192 / 1x32768: 0.399 / 0.824 / 1.935
+# against 0.344 / 0.795 / 1.876 with bf16 B and C) and, saving states, it spills (fwd+bwd 9.75
+# ms at 8x2048 against 2.34).
 LANES_CFG = dict(num_warps=1, warps_per_sm=4, min_fill=0.5, max_R=2, num_stages=1, R=None,
-                 prefetch=2, bc_fp32=True)
+                 prefetch=2, bc_fp32=False)
 LANES_CFG_INTERP = dict(num_warps=1, warps_per_sm=1, min_fill=0.5, max_R=2, num_stages=1,
                         R=None, prefetch=2, bc_fp32=False)
 MAX_STATES_PER_LANE = 16  # beyond this the per-lane state tuple no longer fits in registers
@@ -314,10 +317,9 @@ def lanes_plan(u, B, c) -> tuple[int, int, int, int]:
 def lanes_fit(u, B) -> bool:
     """Whether version 4 covers this shape without a chunk pass and with at most
     MAX_STATES_PER_LANE states per lane (else version 3, whose state is a 2-D register tile,
-    is the better forward; kernels/NOTES.md). The default dispatch asks only for forwards that
-    save no states: on the H200 (2026-12-02) fwd+bwd at 8 x 2048 took 9.45 ms with version 4
-    saving the backward's states (that variant spills 216 bytes per thread at fp32 B / C, none
-    at bf16: the likely cause, not yet measured) against 2.51 ms with version 3."""
+    is the better forward; kernels/NOTES.md). Training forwards too: with bf16 B / C, version 4
+    saving the backward's states gave fwd+bwd 2.34 ms at 8 x 2048 on the H200 (2026-12-03)
+    against 2.52 with version 3 (with fp32 B / C that variant spills: 9.75 ms)."""
     c = LANES_CFG_INTERP if interpreting() else LANES_CFG
     R, _, nbd, aim = lanes_plan(u, B, c)
     return B.shape[2] // R <= MAX_STATES_PER_LANE and u.shape[0] * nbd >= aim
