@@ -193,21 +193,26 @@ def _max_rel(outs, refs) -> float:
     return max(((a - b).norm() / b.norm().clamp_min(1e-30)).item() for a, b in zip(outs, refs))
 
 
-def _sweep_forward(title, cfg, configs, check, ref) -> None:
-    """Time the forward at SHAPES under each config (updates of the dict `cfg`, restored after);
-    "agree" compares y at 8x2048 with `ref`, the default configs' outputs."""
+def _sweep_forward(title, cfg, configs, check, ref, train=False) -> None:
+    """Time the forward (train: forward+backward) at SHAPES under each config (updates of the
+    dict `cfg`, restored after); "agree" compares y (train: y and every gradient) at 8x2048 with
+    `ref`, the default configs' outputs."""
     from bytelm.kernels.selective_scan.triton_op import selective_scan
 
+    def scan(**kw):
+        return selective_scan(**kw, delta_softplus=True)
+
     saved = dict(cfg)
-    print(f"\nsweep: {title}, ms at " + " / ".join(f"{b}x{L}" for b, L in SHAPES))
+    print(f"\nsweep: {title}, {'fwd+bwd ' if train else ''}ms at " + " / ".join(f"{b}x{L}" for b, L in SHAPES))
+    n_out = None if train else 1
     for c in configs:
         cfg.update(c)
         try:
             ms = []
             for batch, L in SHAPES:
                 inputs = scan_inputs(batch, L)
-                ms.append(bench_ms(lambda: selective_scan(**inputs, delta_softplus=True)))
-            agree = _max_rel(_scan_outputs(check)[:1], ref[:1])
+                ms.append(time_scan(scan, inputs)[1] if train else bench_ms(lambda: scan(**inputs)))
+            agree = _max_rel(_scan_outputs(check)[:n_out], ref[:n_out])
             print(f"  {c}: " + "  ".join(f"{m:.3f}" for m in ms) + f"  agree {agree:.1e}", flush=True)
         except Exception as err:  # noqa: BLE001 - a config that fails to compile is reported
             print(f"  {c}: failed ({type(err).__name__}: {err})"[:300], flush=True)
@@ -271,25 +276,11 @@ def _sweep_train_v4(check, ref) -> None:
     grouped backward reads), fwd+bwd ms, with fp32 and with bf16 B / C (the fp32 variant spills
     when it saves states, kernels/NOTES.md); "agree" compares y and every gradient at 8x2048."""
     from bytelm.kernels.selective_scan import triton_fwd_lanes
-    from bytelm.kernels.selective_scan.triton_op import selective_scan
-    cfg = triton_fwd_lanes.LANES_CFG
-    saved = dict(cfg)
     os.environ["BYTELM_SCAN_FWD"] = "lanes"
-    print("\nsweep: version 4 as the training forward (+ the default backward), fwd+bwd ms")
-    for c in [dict(bc_fp32=True), dict(bc_fp32=False), dict(bc_fp32=False, prefetch=1)]:
-        cfg.update(c)
-        try:
-            ms = []
-            for batch, L in SHAPES:
-                inputs = scan_inputs(batch, L)
-                ms.append(time_scan(lambda **kw: selective_scan(**kw, delta_softplus=True), inputs)[1])
-            agree = _max_rel(_scan_outputs(check), ref)
-            print(f"  {c}: " + "  ".join(f"{m:.3f}" for m in ms) + f"  agree {agree:.1e}", flush=True)
-        except Exception as err:  # noqa: BLE001 - a config that fails to compile is reported
-            print(f"  {c}: failed ({type(err).__name__}: {err})"[:300], flush=True)
-        finally:
-            cfg.clear()
-            cfg.update(saved)
+    _sweep_forward("version 4 as the training forward (+ the default backward)",
+                   triton_fwd_lanes.LANES_CFG,
+                   [dict(bc_fp32=True), dict(bc_fp32=False), dict(bc_fp32=False, prefetch=1)],
+                   check, ref, train=True)
     os.environ.pop("BYTELM_SCAN_FWD")
 
 
