@@ -19,6 +19,12 @@ one test batch at the training length, the distance in tokens over which its sta
 (max / p99 / median over states); an answer L tokens back needs a horizon well beyond L, so it
 shows what length extrapolation (induction heads) can reach before the test says so.
 
+--val-every STEPS measures accuracy on a validation set (its own seed) at --val-length (default
+the longest test length up to 2^16) during training, as the Mamba paper tracked fixed validation
+sets per "epoch"; --keep-best then tests the weights of the best validation step. An answer
+recalled at zero training loss still drifts in how far it extrapolates (induction heads,
+2026-12-03), which is what this shows.
+
 --json ends stdout with one JSON object (task, model, steps, accuracy at the training length,
 accuracy_by_length, and the rest of the record); --out DIR writes DIR/results.json (atomically)
 and DIR/accuracy.png. `results_table` and `plot_summary` turn several runs' results into the
@@ -189,6 +195,22 @@ def train(model: LM, o, device: torch.device, log=None) -> dict:
             return "accuracy"
         return None
 
+    validation, best = [], None   # (step, accuracy) rows; (accuracy, step, weights) of the best
+
+    def validate(step):
+        """Accuracy on the validation set at o.val_length (its own seed: neither the training
+        stream nor the test set); with o.keep_best, a copy of the best weights so far."""
+        nonlocal best
+        model.eval()
+        acc = accuracy_at(model, o, o.val_length, o.val_examples,
+                          max(1, min(o.val_examples, o.eval_batch_tokens // o.val_length)), device,
+                          o.eval_precision[0], seed=val_seed(o.seed, o.val_length))
+        model.train()
+        validation.append(dict(step=step, accuracy=round(acc, 5)))
+        log(f"step {step:>6}  validation accuracy {acc:.4f} at length {o.val_length}")
+        if o.keep_best and (best is None or acc > best[0]):
+            best = (acc, step, {k: v.detach().clone() for k, v in model.state_dict().items()})
+
     step, lr = 0, 0.0
     while step < o.steps:
         elapsed = time.time() - t0
@@ -224,13 +246,24 @@ def train(model: LM, o, device: torch.device, log=None) -> dict:
         correct += (logits.detach().argmax(-1) == target).sum()
         answers += target.numel()
         window_steps += 1
+        if o.val_every and (step % o.val_every == 0 or step == o.steps):
+            validate(step)
         if step % o.log_every == 0 or step == o.steps:
             stopped = flush(step, lr) or stopped
             if stopped != "steps":
                 break
     if window_steps:  # the steps since the last log line (a time-budget stop)
         flush(step, lr, advance=False)
-    return dict(steps=step, stopped=stopped, history=history, seconds_train=round(time.time() - t0, 2),
+    if o.val_every and (not validation or validation[-1]["step"] != step):
+        validate(step)
+    kept = None
+    if best is not None:  # copied in place: a captured CUDA graph keeps its parameter addresses
+        with torch.no_grad():
+            for k, v in model.state_dict().items():
+                v.copy_(best[2][k])
+        kept = dict(step=best[1], validation_accuracy=round(best[0], 5))
+        log(f"kept the weights of step {best[1]} (validation accuracy {best[0]:.4f} at length {o.val_length})")
+    return dict(validation=validation, kept=kept, steps=step, stopped=stopped, history=history, seconds_train=round(time.time() - t0, 2),
                 final_length=length, full_length_from_step=full_at,
                 cuda_graphs=None if not o.cuda_graph else (len(graphed.graphs) if graphed else "failed"))
 
@@ -241,13 +274,18 @@ def eval_seed(seed: int, length: int) -> int:
     return (seed + 1) * 1_000_000_007 + 7919 * length + 17
 
 
+def val_seed(seed: int, length: int) -> int:
+    """Seed of the validation set (--val-every): neither the training stream's nor the test set's."""
+    return (seed + 1) * 998_244_353 + 104_729 * length + 29
+
+
 @torch.no_grad()
 def accuracy_at(model: LM, o, length: int, examples: int, batch: int, device,
-                precision: str = "bf16") -> float:
+                precision: str = "bf16", seed: int | None = None) -> float:
     """Accuracy over all answers of `examples` rows at `length`, `batch` rows at a time, under
     `precision` (bf16 autocast or fp32). The rows depend only on (seed, length), not on the batch
     size or the precision."""
-    gen = torch.Generator(device=device).manual_seed(eval_seed(o.seed, length))
+    gen = torch.Generator(device=device).manual_seed(eval_seed(o.seed, length) if seed is None else seed)
     kw = _task_kw(o)
     correct = answers = 0
     for start in range(0, examples, batch):
@@ -400,6 +438,8 @@ def run(o, log=None) -> dict:
         "precision": o.precision, "eval_precision": o.eval_precision[0],
         "accuracy_by_precision": {p: a for p, (a, _) in by_precision.items()},
         "memory_horizon": horizons,
+        "validation": dict(length=o.val_length, examples=o.val_examples, every=o.val_every,
+                           history=record["validation"], kept=record["kept"]) if o.val_every else None,
         "cuda_graphs": record["cuda_graphs"],   # graphs captured (one per batch shape), "failed", None
         "curriculum": None if not o.curriculum else dict(
             start=o.curriculum, advance_at=o.curriculum_at, final_length=record["final_length"],
@@ -624,6 +664,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--curriculum-at", type=float, default=0.9,
                    help="train accuracy that advances the curriculum (default 0.9; 0 doubles the "
                         "length at every log window)")
+    p.add_argument("--val-every", type=int, default=None, metavar="STEPS",
+                   help="every STEPS steps, the accuracy on a validation set at --val-length (its "
+                        "own seed, not the test set), recorded with the training history")
+    p.add_argument("--val-length", type=int, default=None,
+                   help="validation length (default: the longest --eval-lengths length up to 2^16)")
+    p.add_argument("--val-examples", type=int, default=64, help="validation rows (default 64)")
+    p.add_argument("--keep-best", action="store_true",
+                   help="with --val-every: test the weights of the best validation step, not the last")
     p.add_argument("--log-every", type=int, default=None)
     p.add_argument("--json", action="store_true", help="last line of stdout: one JSON object")
 
@@ -660,6 +708,17 @@ def resolve_options(args) -> SimpleNamespace:
     if not wanted or any(t not in PRECISIONS for t in wanted) or len(set(wanted)) < len(wanted):
         raise UserError(f"--eval-precision must be bf16, fp32 or both (bf16,fp32), got {o.eval_precision!r}")
     o.eval_precision = list(dict.fromkeys(_effective(device, t) for t in wanted))
+    if o.val_every is not None:
+        if o.val_every <= 0 or o.val_examples <= 0:
+            raise UserError(f"--val-every and --val-examples must be positive, got {o.val_every}, {o.val_examples}")
+        if o.val_length is None:
+            o.val_length = max([n for n in o.eval_lengths if n <= 1 << 16] or [o.seq_len])
+        try:
+            _check_length(o, o.val_length)
+        except ValueError as exc:
+            raise UserError(f"{o.task} at --val-length {o.val_length}: {exc}") from None
+    elif o.keep_best or o.val_length is not None:
+        raise UserError("--keep-best and --val-length need --val-every STEPS (how often to validate)")
     if o.cuda_graph and device.type != "cuda":
         raise UserError(f"--cuda-graph needs a CUDA device, got --device {o.device}; drop --cuda-graph")
     if o.lr <= 0 or o.weight_decay < 0 or o.warmup < 0:

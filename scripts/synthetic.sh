@@ -116,14 +116,15 @@ IH_LENGTHS="2^6..2^20"
 # >= 99.6% up to 2^20 under bf16 tests (96.5% at 2^16 under fp32 tests) after 97K steps; batch 8
 # in bf16 autocast stayed at chance for all of its 96K steps; batch 32 in fp32 solved 256 within
 # 3K steps but fell to 42% at 2^16 (as batch 32 in bf16 with a cosine schedule did before, 23%).
-# IH_SEEDS="0 1" trains one run per seed side by side.
+# IH_SEEDS="0 1" trains one run per seed side by side. --val-every 8192 (the paper's "epoch")
+# records the accuracy at 2^16 on a validation set during training, to see the drift.
 stage_ih_mamba() {
   local seed name
   for seed in ${IH_SEEDS:-0}; do
     name=ih-mamba; [ "$seed" = 0 ] || name=ih-mamba-seed$seed
     run "$name" 300 204800 1e-3 1e-3 induction-heads --model mamba --batch-size 8 \
       --schedule constant --precision fp32 --eval-precision fp32,bf16 --seed "$seed" \
-      --eval-lengths "$IH_LENGTHS" &
+      --eval-lengths "$IH_LENGTHS" --val-every 8192 --val-length 65536 &
   done
   wait
 }

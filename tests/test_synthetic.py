@@ -390,3 +390,32 @@ def test_eval_precisions_are_recorded_separately_on_cuda():
     assert r["precision"] == "fp32" and r["eval_precision"] == "fp32"
     assert set(r["accuracy_by_precision"]) == {"fp32", "bf16"}
     assert r["accuracy_by_precision"]["fp32"] == r["accuracy_by_length"]
+
+
+def test_validation_tracks_training_and_keep_best_restores_those_weights(monkeypatch):
+    o = options(["induction-heads", "--device", "cpu", "--seq-len", "16", "--steps", "6",
+                 "--batch-size", "2", "--eval-lengths", "32", "--val-every", "2", "--keep-best"])
+    assert o.val_length == 32
+    model = S.build_model("mamba", 16, d_model=16, layers=1)
+    seen = []
+
+    def fake(model_, o_, length, examples, batch, device, precision="bf16", seed=None):
+        assert length == 32 and seed == S.val_seed(o.seed, 32) != S.eval_seed(o.seed, 32)
+        seen.append({k: v.clone() for k, v in model_.state_dict().items()})
+        return [0.5, 0.9, 0.2][len(seen) - 1]
+
+    monkeypatch.setattr(S, "accuracy_at", fake)
+    record = S.train(model, o, torch.device("cpu"))
+    assert [v["step"] for v in record["validation"]] == [2, 4, 6]
+    assert record["kept"] == dict(step=4, validation_accuracy=0.9)
+    best = seen[1]
+    assert not all(torch.equal(best[k], seen[2][k]) for k in best)   # training moved the weights
+    assert all(torch.equal(v, best[k]) for k, v in model.state_dict().items())
+
+
+def test_validation_options_are_checked():
+    for args, msg in [(["--keep-best"], "need --val-every"), (["--val-length", "64"], "need --val-every"),
+                      (["--val-every", "0"], "must be positive"),
+                      (["--val-every", "5", "--val-length", "2"], "--val-length 2")]:
+        with pytest.raises(UserError, match=msg):
+            options(["induction-heads", "--device", "cpu", *args])
