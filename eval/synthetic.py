@@ -107,10 +107,10 @@ def answer_logits(model: LM, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor
 
 
 def precision_context(device: torch.device, precision: str):
-    """bf16 autocast (CUDA) or plain fp32. On the CPU every run is fp32: autocast is CUDA-only here."""
-    if precision == "bf16" and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
-    return contextlib.nullcontext()
+    """bf16 autocast (CUDA; `autocast_for`) or plain fp32. On the CPU every run is fp32."""
+    from bytelm.train.evaluate import autocast_for
+
+    return autocast_for(device) if precision == "bf16" else contextlib.nullcontext()
 
 
 def _effective(device: torch.device, precision: str) -> str:
@@ -246,7 +246,7 @@ def train(model: LM, o, device: torch.device, log=None) -> dict:
         correct += (logits.detach().argmax(-1) == target).sum()
         answers += target.numel()
         window_steps += 1
-        if o.val_every and (step % o.val_every == 0 or step == o.steps):
+        if o.val_every and step % o.val_every == 0:
             validate(step)
         if step % o.log_every == 0 or step == o.steps:
             stopped = flush(step, lr) or stopped
@@ -254,7 +254,7 @@ def train(model: LM, o, device: torch.device, log=None) -> dict:
                 break
     if window_steps:  # the steps since the last log line (a time-budget stop)
         flush(step, lr, advance=False)
-    if o.val_every and (not validation or validation[-1]["step"] != step):
+    if o.val_every and (not validation or validation[-1]["step"] != step):  # the last step's
         validate(step)
     kept = None
     if best is not None:  # copied in place: a captured CUDA graph keeps its parameter addresses
@@ -540,9 +540,10 @@ def _steps_cell(r: dict) -> str:
     if not cur:
         return str(r["steps"]) + (f" ({', '.join(how)})" if how else "")
     reached = cur["full_length_from_step"]
-    return (f"{r['steps']} ({''.join(h + ', ' for h in how)}curriculum {cur['start']} to {r['train_length']}, "
-            + (f"full length from step {reached})" if reached is not None
-               else f"never past length {cur['final_length']})"))
+    how.append(f"curriculum {cur['start']} to {r['train_length']}, "
+               + (f"full length from step {reached}" if reached is not None
+                  else f"never past length {cur['final_length']}"))
+    return f"{r['steps']} ({', '.join(how)})"
 
 
 def _len_name(n: int) -> str:
