@@ -19,9 +19,9 @@ one test batch at the training length, the distance in tokens over which its sta
 (max / p99 / median over states); an answer L tokens back needs a horizon well beyond L, so it
 shows what length extrapolation (induction heads) can reach before the test says so.
 
---val-every STEPS measures accuracy on a validation set (its own seed) at --val-length (default
-the longest test length up to 2^16) during training, as the Mamba paper tracked fixed validation
-sets per "epoch"; --keep-best then tests the weights of the best validation step. An answer
+--val-every STEPS measures accuracy on validation sets (their own seeds) at --val-length (a
+list; default the longest test length up to 2^16; the score is the lowest of them) during
+training, as the Mamba paper tracked fixed validation sets per "epoch"; --keep-best then tests the weights of the best validation step. An answer
 recalled at zero training loss still drifts in how far it extrapolates (induction heads,
 2026-12-03), which is what this shows.
 
@@ -198,16 +198,21 @@ def train(model: LM, o, device: torch.device, log=None) -> dict:
     validation, best = [], None   # (step, accuracy) rows; (accuracy, step, weights) of the best
 
     def validate(step):
-        """Accuracy on the validation set at o.val_length (its own seed: neither the training
-        stream nor the test set); with o.keep_best, a copy of the best weights so far."""
+        """Accuracy on the validation sets at o.val_lengths (their own seeds: neither the training
+        stream nor the test set); the score is the lowest over the lengths. With o.keep_best, a
+        copy of the best-scoring weights so far (the earliest of equal scores)."""
         nonlocal best
         model.eval()
-        acc = accuracy_at(model, o, o.val_length, o.val_examples,
-                          max(1, min(o.val_examples, o.eval_batch_tokens // o.val_length)), device,
-                          o.eval_precision[0], seed=val_seed(o.seed, o.val_length))
+        by_length = {n: accuracy_at(model, o, n, o.val_examples,
+                                    max(1, min(o.val_examples, o.eval_batch_tokens // n)), device,
+                                    o.eval_precision[0], seed=val_seed(o.seed, n))
+                     for n in o.val_lengths}
         model.train()
-        validation.append(dict(step=step, accuracy=round(acc, 5)))
-        log(f"step {step:>6}  validation accuracy {acc:.4f} at length {o.val_length}")
+        acc = min(by_length.values())
+        validation.append(dict(step=step, accuracy=round(acc, 5),
+                               by_length={str(n): round(a, 5) for n, a in by_length.items()}))
+        log(f"step {step:>6}  validation accuracy {acc:.4f} (lowest of "
+            + ", ".join(f"{a:.4f} at {n}" for n, a in by_length.items()) + ")")
         if o.keep_best and (best is None or acc > best[0]):
             best = (acc, step, {k: v.detach().clone() for k, v in model.state_dict().items()})
 
@@ -262,7 +267,8 @@ def train(model: LM, o, device: torch.device, log=None) -> dict:
             for k, v in model.state_dict().items():
                 v.copy_(best[2][k])
         kept = dict(step=best[1], validation_accuracy=round(best[0], 5))
-        log(f"kept the weights of step {best[1]} (validation accuracy {best[0]:.4f} at length {o.val_length})")
+        log(f"kept the weights of step {best[1]} (validation accuracy {best[0]:.4f}, the lowest over "
+            f"lengths {', '.join(map(str, o.val_lengths))})")
     return dict(validation=validation, kept=kept, steps=step, stopped=stopped, history=history, seconds_train=round(time.time() - t0, 2),
                 final_length=length, full_length_from_step=full_at,
                 cuda_graphs=None if not o.cuda_graph else (len(graphed.graphs) if graphed else "failed"))
@@ -438,7 +444,7 @@ def run(o, log=None) -> dict:
         "precision": o.precision, "eval_precision": o.eval_precision[0],
         "accuracy_by_precision": {p: a for p, (a, _) in by_precision.items()},
         "memory_horizon": horizons,
-        "validation": dict(length=o.val_length, examples=o.val_examples, every=o.val_every,
+        "validation": dict(lengths=o.val_lengths, examples=o.val_examples, every=o.val_every,
                            history=record["validation"], kept=record["kept"]) if o.val_every else None,
         "cuda_graphs": record["cuda_graphs"],   # graphs captured (one per batch shape), "failed", None
         "curriculum": None if not o.curriculum else dict(
@@ -537,6 +543,11 @@ def _steps_cell(r: dict) -> str:
         precision = r.get("precision") or ("bf16" if str(r.get("device", "")).startswith("cuda") else "fp32")
         how = [f"batch {o.get('batch_size')}", o.get("schedule") or "cosine", f"{precision} training",
                f"seed {r.get('seed', 0)}"]
+    kept = (r.get("validation") or {}).get("kept")
+    if kept:  # --keep-best: the test ran on the weights of the best validation step
+        lengths = (r["validation"].get("lengths") or [r["validation"].get("length")])
+        how.append(f"weights of step {kept['step']}, the best validation score at "
+                   + ", ".join(_len_name(n) for n in lengths))
     if not cur:
         return str(r["steps"]) + (f" ({', '.join(how)})" if how else "")
     reached = cur["full_length_from_step"]
@@ -592,7 +603,7 @@ def plot_summary(results: list[dict], path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- CLI
-def parse_lengths(text: str) -> list[int]:
+def parse_lengths(text: str, flag: str = "--eval-lengths") -> list[int]:
     """'64,256,1024', '2^6,2^8', or a range of powers of two '2^6..2^20' (combinable by commas)."""
     def one(tok: str) -> int:
         tok = tok.strip()
@@ -611,7 +622,7 @@ def parse_lengths(text: str) -> list[int]:
             else:
                 out.append(one(part))
     except ValueError:
-        raise UserError(f"--eval-lengths: cannot read {text!r}; use e.g. 64,256,1024 or 2^6..2^20") from None
+        raise UserError(f"{flag}: cannot read {text!r}; use e.g. 64,256,1024 or 2^6..2^20") from None
     return sorted(set(out))
 
 
@@ -668,8 +679,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-every", type=int, default=None, metavar="STEPS",
                    help="every STEPS steps, the accuracy on a validation set at --val-length (its "
                         "own seed, not the test set), recorded with the training history")
-    p.add_argument("--val-length", type=int, default=None,
-                   help="validation length (default: the longest --eval-lengths length up to 2^16)")
+    p.add_argument("--val-length", default=None, metavar="LIST",
+                   help="validation length(s), as --eval-lengths (default: the longest "
+                        "--eval-lengths length up to 2^16); the score is the lowest accuracy over them")
     p.add_argument("--val-examples", type=int, default=64, help="validation rows (default 64)")
     p.add_argument("--keep-best", action="store_true",
                    help="with --val-every: test the weights of the best validation step, not the last")
@@ -713,11 +725,14 @@ def resolve_options(args) -> SimpleNamespace:
         if o.val_every <= 0 or o.val_examples <= 0:
             raise UserError(f"--val-every and --val-examples must be positive, got {o.val_every}, {o.val_examples}")
         if o.val_length is None:
-            o.val_length = max([n for n in o.eval_lengths if n <= 1 << 16] or [o.seq_len])
-        try:
-            _check_length(o, o.val_length)
-        except ValueError as exc:
-            raise UserError(f"{o.task} at --val-length {o.val_length}: {exc}") from None
+            o.val_lengths = [max([n for n in o.eval_lengths if n <= 1 << 16] or [o.seq_len])]
+        else:
+            o.val_lengths = parse_lengths(str(o.val_length), "--val-length")
+        for n in o.val_lengths:
+            try:
+                _check_length(o, n)
+            except ValueError as exc:
+                raise UserError(f"{o.task} at --val-length {n}: {exc}") from None
     elif o.keep_best or o.val_length is not None:
         raise UserError("--keep-best and --val-length need --val-every STEPS (how often to validate)")
     if o.cuda_graph and device.type != "cuda":

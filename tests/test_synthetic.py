@@ -395,7 +395,7 @@ def test_eval_precisions_are_recorded_separately_on_cuda():
 def test_validation_tracks_training_and_keep_best_restores_those_weights(monkeypatch):
     o = options(["induction-heads", "--device", "cpu", "--seq-len", "16", "--steps", "6",
                  "--batch-size", "2", "--eval-lengths", "32", "--val-every", "2", "--keep-best"])
-    assert o.val_length == 32
+    assert o.val_lengths == [32]
     model = S.build_model("mamba", 16, d_model=16, layers=1)
     seen = []
 
@@ -408,14 +408,35 @@ def test_validation_tracks_training_and_keep_best_restores_those_weights(monkeyp
     record = S.train(model, o, torch.device("cpu"))
     assert [v["step"] for v in record["validation"]] == [2, 4, 6]
     assert record["kept"] == dict(step=4, validation_accuracy=0.9)
+    assert record["validation"][1]["by_length"] == {"32": 0.9}
     best = seen[1]
     assert not all(torch.equal(best[k], seen[2][k]) for k in best)   # training moved the weights
     assert all(torch.equal(v, best[k]) for k, v in model.state_dict().items())
 
 
+def test_validation_score_is_the_lowest_over_its_lengths(monkeypatch):
+    o = options(["induction-heads", "--device", "cpu", "--seq-len", "16", "--steps", "4",
+                 "--batch-size", "2", "--eval-lengths", "32", "--val-every", "2",
+                 "--val-length", "32,2^6", "--keep-best"])
+    assert o.val_lengths == [32, 64]
+    scores = {(1, 32): 0.9, (1, 64): 0.6, (2, 32): 0.8, (2, 64): 0.7}
+    calls = []
+
+    def fake(model_, o_, length, examples, batch, device, precision="bf16", seed=None):
+        assert seed == S.val_seed(o.seed, length)
+        calls.append(length)
+        return scores[(len(calls) + 1) // 2, length]
+
+    monkeypatch.setattr(S, "accuracy_at", fake)
+    record = S.train(S.build_model("mamba", 16, d_model=16, layers=1), o, torch.device("cpu"))
+    assert [v["accuracy"] for v in record["validation"]] == [0.6, 0.7]
+    assert record["kept"] == dict(step=4, validation_accuracy=0.7)
+
+
 def test_validation_options_are_checked():
     for args, msg in [(["--keep-best"], "need --val-every"), (["--val-length", "64"], "need --val-every"),
                       (["--val-every", "0"], "must be positive"),
-                      (["--val-every", "5", "--val-length", "2"], "--val-length 2")]:
+                      (["--val-every", "5", "--val-length", "2"], "--val-length 2"),
+                      (["--val-every", "5", "--val-length", "64,x"], "--val-length: cannot read")]:
         with pytest.raises(UserError, match=msg):
             options(["induction-heads", "--device", "cpu", *args])

@@ -232,7 +232,11 @@ def _chunk_bwd_kernel(
 # stack per thread, 8 warps 255 + 160 (its 141 KB of shared memory allow one program per SM
 # either way). H200, 2026-12-02, fwd+bwd ms at 8x2048 / 2x8192 / 1x32768: 4 warps 3.189 / 3.445
 # / 8.253, 8 warps 2.677 / 2.894 / 6.844 (gradients within 3.6e-5 of 4 warps').
-BWD_CFG = {"BLOCK_Q": 64, "chunk_bwd_warps": 8}
+# BLOCK_Q_wide_state: BLOCK_Q when the state tile is wider than 128 (d_state 256, as MQAR sweeps
+# it): the program holds dB and dC (BLOCK_Q, N) fp32 accumulators plus B and C tiles, which at
+# 64 x 256 spill (profile of the synth MQAR model, H200, 2026-12-03: _chunk_bwd_kernel 4.7 ms of
+# a 7.8 ms step at N = 256, against 0.2 ms at N = 16); 32 rows halve them.
+BWD_CFG = {"BLOCK_Q": 64, "BLOCK_Q_wide_state": 32, "chunk_bwd_warps": 8}
 
 
 def ssd_bwd(dy, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, seg, saved, dfinal):
@@ -250,7 +254,7 @@ def ssd_bwd(dy, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, seg, sav
     dev, f32 = x.device, torch.float32
     prec = _prec(x)
     bp, bn = tile_widths(headdim, dstate)
-    block_q = min(BWD_CFG["BLOCK_Q"], Q)
+    block_q = min(BWD_CFG["BLOCK_Q"] if bn <= 128 else BWD_CFG["BLOCK_Q_wide_state"], Q)
     hpg = nheads // ngroups
     dy = dy.contiguous()
     dz = None
