@@ -1,11 +1,14 @@
-"""Time bytelm's kernels against the anchors at the ANCHORS.md shapes; print one table.
+"""Time bytelm's kernels against the anchors at the ANCHORS.md shapes; print the tables.
 
-    python scripts/bench_kernels.py [--ops selective_scan] [--no-compile-ref] [--sweep]
+    python scripts/bench_kernels.py [--ops selective_scan mamba2] [--no-compile-ref] [--sweep]
+                                    [--anchor-src .carry/mamba_ssm_src]
 
 Run on the GPU machine. Each op family has one function `<family>_rows(args) -> list[dict]`
 returning rows with the columns of COLUMNS (missing ones print as "-"); main() concatenates the
-families' rows and prints a single table at the end. To add a family (SSD, conv, norm): write its
-`*_rows` function and add it to FAMILIES.
+families' rows and prints a single table at the end. The Mamba-2 family (rms_norm, causal_conv1d
+and SSD against mamba_ssm's `mamba_chunk_scan_combined`, from scripts/bench_kernels_mamba2.py)
+is timed per pass (fwd, bwd, fwd+bwd) against the copy-bandwidth floor, so it prints as a second
+table with its own columns after the first.
 
 Columns: ms are `triton.testing.do_bench` medians; "vs anchor" is anchor_ms / ours (> 1: faster
 than the anchor); "floor %" is the byte floor (bytes read + written once, at BANDWIDTH) over the
@@ -343,13 +346,26 @@ def _sweep_backward_v3(check, ref, grouped=False) -> None:
     os.environ.pop("BYTELM_SCAN_BWD")
 
 
+def mamba2_table(args) -> str:
+    """The Mamba-2 family's rows (bench_kernels_mamba2.rows), as a markdown table with a title."""
+    import bench_kernels_mamba2 as m2  # scripts/ is on sys.path when this file runs as a script
+
+    rs = m2.rows(args.anchor_src)
+    return (f"\nbytelm Mamba-2 kernels, floors at this GPU's copy bandwidth "
+            f"({m2.COPY_BW / 1e12:.2f} TB/s read + written, measured in this run)\n"
+            + "\n".join(m2.HEADER) + "\n" + m2.format_rows(rs))
+
+
 FAMILIES = {"selective_scan": selective_scan_rows}
+TABLES = {"mamba2": mamba2_table}  # families with their own columns: printed after the first table
 SWEEPS = {"selective_scan": selective_scan_sweep}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--ops", nargs="*", default=list(FAMILIES), choices=list(FAMILIES))
+    p.add_argument("--ops", nargs="*", default=[*FAMILIES, *TABLES], choices=[*FAMILIES, *TABLES])
+    p.add_argument("--anchor-src", default=".carry/mamba_ssm_src",
+                   help="mamba_ssm source tree for the SSD anchor (mamba2 family)")
     p.add_argument("--no-compile-ref", dest="compile_ref", action="store_false",
                    help="skip timing the PyTorch references under torch.compile")
     p.add_argument("--compile-budget-s", type=float, default=120.0,
@@ -361,7 +377,8 @@ def main() -> None:
                         "forward), train4 (lanes as the training forward, fwd+bwd), bwd2 (chunked "
                         "backward), bwd3 (sequential backward), bwd31 (grouped backward)")
     args = p.parse_args()
-    assert torch.cuda.is_available(), "bench_kernels.py times GPU kernels: run it on the GPU machine"
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_kernels.py: no CUDA GPU visible; it times GPU kernels, run it on the GPU machine")
     if args.sweep or args.sweep_only:
         for op in args.ops:
             if op in SWEEPS:
@@ -370,10 +387,15 @@ def main() -> None:
         return
     rows = []
     for op in args.ops:
-        rows += FAMILIES[op](args)
+        if op in FAMILIES:
+            rows += FAMILIES[op](args)
+    tables = [TABLES[op](args) for op in args.ops if op in TABLES]
     gpu = torch.cuda.get_device_name()
-    print_table(rows, f"bytelm kernels, {datetime.date.today()}, {gpu}, torch {torch.__version__}, "
-                      f"triton {triton.__version__}; anchors from ANCHORS.md (H100, 2026-11-23)")
+    if rows:
+        print_table(rows, f"bytelm kernels, {datetime.date.today()}, {gpu}, torch {torch.__version__}, "
+                          f"triton {triton.__version__}; anchors from ANCHORS.md (H100, 2026-11-23)")
+    for table in tables:
+        print(table)
 
 
 if __name__ == "__main__":
