@@ -257,6 +257,46 @@ def _ssd_bwd_variants(ours_fb, leaves, shape, a_fb):
     return out
 
 
+def wide_state_rows(batch=64, L=512, H=4, P=32, Q=64, states=(16, 64, 256), blocks=(64, 32)):
+    """The synth MQAR model's SSD (4 heads of 32, chunk 64), fwd+bwd at d_state 16 / 64 / 256
+    with the backward's token block at d_state > 128 (triton_bwd.BWD_CFG["BLOCK_Q_wide_state"])
+    at each of `blocks`; gradients compared with the first block's. Not in the default rows."""
+    from bytelm.kernels.ssd import triton_bwd
+    from bytelm.kernels.ssd.triton_op import ssd
+    out, bf, saved = [], torch.bfloat16, dict(triton_bwd.BWD_CFG)
+    for N in states:
+        shape = f"{batch}x{L} H{H} P{P} N{N} Q{Q}"
+        leaves = [torch.randn(batch, L, H, P, device="cuda", dtype=bf).requires_grad_(),
+                  torch.randn(batch, L, H, device="cuda", dtype=bf).requires_grad_(),
+                  (torch.randn(batch, L, 1, N, device="cuda", dtype=bf) * N ** -0.5).requires_grad_(),
+                  (torch.randn(batch, L, 1, N, device="cuda", dtype=bf) * N ** -0.5).requires_grad_()]
+        A = -torch.rand(H, device="cuda") - 0.5
+        D, dtb = torch.randn(H, device="cuda"), torch.randn(H, device="cuda") * 0.5 - 1
+        dy = torch.randn(batch, L, H, P, device="cuda", dtype=bf)
+
+        def fb():
+            x, dt, B, C = leaves
+            y = ssd(x, dt, A, B, C, Q, D, None, dtb, True)
+            return torch.autograd.grad(y, leaves, dy)
+
+        first = None
+        for bq in (blocks if N > 128 else blocks[:1]):
+            triton_bwd.BWD_CFG["BLOCK_Q_wide_state"] = bq
+            try:
+                g = _grads_of(fb, leaves)
+                first = first or g
+                err = max(((a - b).norm() / b.norm()).item() for a, b in zip(g, first))
+                label = f"ssd synth, wide-state block {bq}" + ("" if err < 2e-2 else f" WRONG {err:.1e}")
+                out.append(_row(label, shape, "fwd+bwd", bench(fb)))
+                print(f"# {label} at {shape}: gradients within {err:.1e} of block {blocks[0]}'s", flush=True)
+            except Exception as err:  # noqa: BLE001 - a variant that fails is reported, the table goes on
+                print(f"# wide-state block {bq} at {shape}: failed ({type(err).__name__}: {err})"[:300], flush=True)
+            finally:
+                triton_bwd.BWD_CFG.clear()
+                triton_bwd.BWD_CFG.update(saved)
+    return out
+
+
 def _grads_of(fb, leaves):
     """fb's gradients (it returns torch.autograd.grad's), in fp32 copies."""
     return [g.float().clone() for g in fb()]
@@ -285,6 +325,9 @@ def format_rows(rs):
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--anchor-src", default=".carry/mamba_ssm_src")
+    ap.add_argument("--wide-state", action="store_true",
+                    help="only the synth MQAR model's SSD at d_state 16/64/256, backward token "
+                         "block 64 vs 32 at d_state 256 (kernels/NOTES.md)")
     args = ap.parse_args()
     import datetime
     COPY_BW = measure_copy_bw()
@@ -292,6 +335,9 @@ if __name__ == "__main__":
           f"floors at this GPU's copy bandwidth, {COPY_BW / 1e12:.2f} TB/s (read + written)")
     print("\n".join(HEADER), flush=True)
     ECHO = True  # _row prints every row as it comes
+    if args.wide_state:
+        wide_state_rows()
+        sys.exit(0)
     norm_conv_rows()
     anchor = load_anchor(args.anchor_src)
     for shape in ((8, 2048), (2, 8192), (1, 32768)):
