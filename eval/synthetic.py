@@ -21,9 +21,9 @@ shows what length extrapolation (induction heads) can reach before the test says
 
 --val-every STEPS measures accuracy on validation sets (their own seeds) at --val-length (a
 list; default the longest test length up to 2^16; the score is the lowest of them) during
-training, as the Mamba paper tracked fixed validation sets per "epoch"; --keep-best then tests the weights of the best validation step. An answer
-recalled at zero training loss still drifts in how far it extrapolates (induction heads,
-2026-12-03), which is what this shows.
+training, as the Mamba paper tracked fixed validation sets per "epoch"; --keep-best then tests
+the weights of the best validation step. An answer recalled at zero training loss still drifts
+in how far it extrapolates (induction heads, 2026-12-03), which is what this shows.
 
 --json ends stdout with one JSON object (task, model, steps, accuracy at the training length,
 accuracy_by_length, and the rest of the record); --out DIR writes DIR/results.json (atomically)
