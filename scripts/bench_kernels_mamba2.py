@@ -257,7 +257,7 @@ def _ssd_bwd_variants(ours_fb, leaves, shape, a_fb):
     return out
 
 
-def wide_state_rows(batch=64, L=512, H=4, P=32, Q=64, states=(16, 64, 256), blocks=(64, 32)):
+def wide_state_rows(batch=64, L=512, H=4, P=32, Q=64, states=(16, 64, 256), blocks=(64, 32, 16)):
     """The synth MQAR model's SSD (4 heads of 32, chunk 64), fwd+bwd at d_state 16 / 64 / 256
     with the backward's token block at d_state > 128 (triton_bwd.BWD_CFG["BLOCK_Q_wide_state"])
     at each of `blocks`; gradients compared with the first block's. Not in the default rows."""
@@ -327,7 +327,7 @@ if __name__ == "__main__":
     ap.add_argument("--anchor-src", default=".carry/mamba_ssm_src")
     ap.add_argument("--wide-state", action="store_true",
                     help="only the synth MQAR model's SSD at d_state 16/64/256, backward token "
-                         "block 64 vs 32 at d_state 256 (kernels/NOTES.md)")
+                         "block 64 vs 32 vs 16 at d_state 256 (kernels/NOTES.md)")
     args = ap.parse_args()
     import datetime
     COPY_BW = measure_copy_bw()

@@ -183,14 +183,15 @@ def test_ssd_backward_matches_reference(monkeypatch, dtype, seqlen, groups, with
 
 
 @pytest.mark.parametrize("dstate,workaround,wide_block", [
-    (16, False, 64), (16, True, 64), (256, False, 64), (256, True, 64), (256, False, 32), (256, True, 32)])
+    (16, False, 64), (16, True, 64), (256, False, 64), (256, True, 64), (256, False, 32), (256, True, 32),
+    (256, False, 16), (256, True, 16)])
 def test_ssd_at_the_synthetic_models_shapes(dstate, workaround, wide_block, monkeypatch):
     """`bytelm synth`'s Mamba-2 (d_model 64: 4 heads of 32, chunk 64, d_state 16..256, as MQAR
     sweeps it): training (Triton forward + backward) and no-grad output against the reference,
     over three chunks with seq_idx, so each kernel's tile shapes at N = 256 are covered; also
     with the Hopper workaround's padded tiles and 8 warps forced (the GPU default at these
     widths, triton_fwd.small_tile_workaround). At N = 256 the backward's token block is
-    BWD_CFG["BLOCK_Q_wide_state"]: the default and the 32-row candidate."""
+    BWD_CFG["BLOCK_Q_wide_state"]: the default and the 32- and 16-row candidates."""
     monkeypatch.setitem(triton_bwd.BWD_CFG, "BLOCK_Q_wide_state", wide_block)
     if workaround:
         monkeypatch.setenv("BYTELM_SSD_MIN_BLOCK", "64")

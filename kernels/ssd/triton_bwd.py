@@ -235,9 +235,11 @@ def _chunk_bwd_kernel(
 # BLOCK_Q_wide_state: BLOCK_Q when the state tile is wider than 128 (d_state 256, as MQAR sweeps
 # it). There the program holds dB and dC (BLOCK_Q, N) fp32 accumulators plus B and C tiles, which
 # at 64 x 256 spill: a profile of the synth MQAR model (H200, 2026-12-03) has _chunk_bwd_kernel at
-# 4.7 ms of a 7.8 ms step at N = 256, against 0.2 ms at N = 16. 32 rows would halve them; that
-# candidate passes the CPU interpreter, but its GPU check did not finish (the N = 256 compile and
-# float64 reference used the call's time), so the default stays the checked 64.
+# 4.7 ms of a 7.8 ms step at N = 256, against 0.2 ms at N = 16. compile_check --sass (sm_90,
+# 8 warps, tiles padded by the small-tile workaround): BLOCK_Q 64 -> 1176 bytes of stack and 478
+# LDL/STL, 32 -> 648 and 180, 16 -> 8 and 4 (as at N = 16). The candidates pass the CPU
+# interpreter, but their GPU check did not finish (the N = 256 compile and float64 reference
+# used the call's time), so the default stays the checked 64.
 BWD_CFG = {"BLOCK_Q": 64, "BLOCK_Q_wide_state": 64, "chunk_bwd_warps": 8}
 
 
