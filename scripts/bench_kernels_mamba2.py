@@ -329,6 +329,8 @@ if __name__ == "__main__":
                     help="only the synth MQAR model's SSD at d_state 16/64/256, backward token "
                          "block 64 vs 32 vs 16 at d_state 256 (kernels/NOTES.md)")
     args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("bench_kernels_mamba2.py: no CUDA GPU visible; it times GPU kernels, run it on the GPU machine")
     import datetime
     COPY_BW = measure_copy_bw()
     print(f"# {datetime.date.today()} {torch.cuda.get_device_name()} torch {torch.__version__}; "

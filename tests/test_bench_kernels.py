@@ -30,8 +30,8 @@ def test_mamba2_family_prints_its_own_table(monkeypatch):
 def test_without_a_gpu_it_says_so_in_one_line():
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible: the script would run")
-    r = subprocess.run([sys.executable, str(SCRIPTS / "bench_kernels.py"), "--ops", "mamba2"],
-                       capture_output=True, text=True)
-    assert r.returncode != 0
-    assert r.stderr.strip().splitlines() == [
-        "bench_kernels.py: no CUDA GPU visible; it times GPU kernels, run it on the GPU machine"]
+    for script, args in (("bench_kernels.py", ["--ops", "mamba2"]), ("bench_kernels_mamba2.py", ["--wide-state"])):
+        r = subprocess.run([sys.executable, str(SCRIPTS / script), *args], capture_output=True, text=True)
+        assert r.returncode != 0
+        assert r.stderr.strip().splitlines() == [
+            f"{script}: no CUDA GPU visible; it times GPU kernels, run it on the GPU machine"]
