@@ -545,9 +545,8 @@ def _steps_cell(r: dict) -> str:
                f"seed {r.get('seed', 0)}"]
     kept = (r.get("validation") or {}).get("kept")
     if kept:  # --keep-best: the test ran on the weights of the best validation step
-        lengths = (r["validation"].get("lengths") or [r["validation"].get("length")])
         how.append(f"weights of step {kept['step']}, the best validation score at "
-                   + ", ".join(_len_name(n) for n in lengths))
+                   + ", ".join(_len_name(n) for n in r["validation"]["lengths"]))
     if not cur:
         return str(r["steps"]) + (f" ({', '.join(how)})" if how else "")
     reached = cur["full_length_from_step"]

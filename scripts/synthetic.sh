@@ -168,7 +168,6 @@ stage_mqar() {  # one training length: Mamba-2 at N = 16, 64, 256, then attentio
       --batch-size 64 --stop-at-accuracy 0.999 &
     [ "${PARALLEL:-0}" = 1 ] || wait  # PARALLEL=1: the three small models side by side on one GPU
   done
-  [ "${PARALLEL:-0}" = 1 ] || wait
   run "mqar-$L-transformer" 60 "$steps" 5e-4 1e-3 mqar --model transformer --seq-len "$L" \
     --batch-size 64 --stop-at-accuracy 0.999
   wait
