@@ -92,7 +92,7 @@ def _dstate_pass_kernel(
 
 @triton.jit
 def _chunk_bwd_kernel(
-    X, B, C, DY, D, SEG, DT_BUF, CUM_BUF, STATES, GSTATES,
+    X, B, C, DY, D, SEG, DT_BUF, CUM_BUF, SUF_BUF, STATES, GSTATES,
     DX, DB, DC, DD, DDT, DCUM_T, DCUM_S, DCUM_END,
     L, NC, H, HPG,
     s_xb, s_xl, s_xh, s_xp, s_bb, s_bl, s_bg, s_bn, s_cb, s_cl, s_cg, s_cn,
@@ -121,7 +121,6 @@ def _chunk_bwd_kernel(
     m_bn = m_tb[:, None] & m_n[None, :]
     b_cum = tl.load(CUM_BUF + buf0 + i_qb * BLOCK_Q + o_i)
     b_dt = tl.load(DT_BUF + buf0 + i_qb * BLOCK_Q + o_i)
-    b_cum_end = tl.load(CUM_BUF + buf0 + Q - 1)
     p_x = X + i_b64 * s_xb + o_tb[:, None].to(tl.int64) * s_xl + i_h * s_xh + o_p[None, :] * s_xp
     p_dy = DY + i_b64 * s_yb + o_tb[:, None].to(tl.int64) * s_yl + i_h * s_yh + o_p[None, :] * s_yp
     p_b = B + i_b64 * s_bb + o_tb[:, None].to(tl.int64) * s_bl + i_g * s_bg + o_n[None, :] * s_bn
@@ -131,7 +130,7 @@ def _chunk_bwd_kernel(
     b_b = tl.load(p_b, mask=m_bn, other=0.0)  # (BQ, N)
     b_c = tl.load(p_c, mask=m_bn, other=0.0)  # (BQ, N)
     b_decay_in = tl.exp(b_cum)
-    b_decay_out = tl.exp(b_cum_end - b_cum)
+    b_decay_out = tl.exp(tl.load(SUF_BUF + buf0 + i_qb * BLOCK_Q + o_i))  # e^{cum_end − cum}
     if HAS_SEG:
         b_seg = tl.load(SEG + i_b64 * L + o_tb, mask=m_tb, other=-1)
         seg_prev = tl.load(SEG + i_b64 * L + i_c * Q - 1, mask=i_c > 0, other=0)
@@ -246,11 +245,12 @@ BWD_CFG = {"BLOCK_Q": 64, "BLOCK_Q_wide_state": 64, "chunk_bwd_warps": 8}
 def ssd_bwd(dy, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, seg, saved, dfinal):
     """Gradients (dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinit) of ssd_fwd's (y, final_state).
 
-    saved = (dt_buf, cum_buf, states, chunk_decay) from ssd_fwd(..., keep=True); dfinal may be None.
+    saved = (dt_buf, cum_buf, suf_buf, states, chunk_decay) from ssd_fwd(..., keep=True); dfinal
+    may be None.
     Returned gradients are fp32 except dx and dz (x's and z's dtype); dD / ddt_bias / dA follow
     the parameters' shapes.
     """
-    dt_buf, cum_buf, states, chunk_decay = saved
+    dt_buf, cum_buf, suf_buf, states, chunk_decay = saved
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     Q = chunk_size
@@ -296,7 +296,7 @@ def ssd_bwd(dy, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, seg, sav
     dcum_s = torch.empty_like(dt_buf)
     dcum_end = ddecay.sum(-1)  # (batch·H, nc); the kernel adds the carried-out terms
     _chunk_bwd_kernel[(nc * (Q // block_q), batch * nheads)](
-        x, B, C, dy, D, seg, dt_buf, cum_buf, states, dstates,
+        x, B, C, dy, D, seg, dt_buf, cum_buf, suf_buf, states, dstates,
         dx, dB, dC, dD, ddt_e, dcum_t, dcum_s, dcum_end,
         seqlen, nc, nheads, hpg,
         *x.stride(), *B.stride(), *C.stride(), *dy.stride(), *dB.stride(),
@@ -304,13 +304,14 @@ def ssd_bwd(dy, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, seg, sav
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_SEG=seg is not None,
         PREC=prec, F32=INTERPRET, num_warps=warps(BWD_CFG["chunk_bwd_warps"], headdim, dstate),
     )
-    # dcum -> d(dt·A): cum is an inclusive cumsum inside the chunk, cum_end its last entry
-    dcum = dcum_t + dcum_s
+    # dcum -> d(dt·A): cum is an inclusive cumsum inside the chunk, cum_end its last entry. In
+    # float64 (one value per token and head, ~1/P of x's size): the reverse cumsum and dA's sum
+    # over every token cancel terms of opposite sign, which costs fp32 ~1e-5 of relative error
+    dcum = dcum_t.double() + dcum_s
     dcum[:, :, -1] += dcum_end
     d_dta = dcum.flip(-1).cumsum(-1).flip(-1)  # (batch·H, nc, Q)
-    Af = A.float()
-    ddt_eff = ddt_e + d_dta * Af.repeat(batch)[:, None, None]
-    dA = (d_dta * dt_buf).view(batch, nheads, -1).sum((0, 2))  # padded steps have dt = 0
+    ddt_eff = (ddt_e + d_dta * A.double().repeat(batch)[:, None, None]).float()
+    dA = (d_dta * dt_buf).view(batch, nheads, -1).sum((0, 2)).float()  # padded steps have dt = 0
 
     def to_blh(t):  # (batch·H, nc, Q) -> (batch, L, H)
         return t.view(batch, nheads, nc * Q)[:, :, :seqlen].transpose(1, 2)

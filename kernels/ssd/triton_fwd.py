@@ -1,8 +1,9 @@
 """Mamba-2 SSD forward in Triton: three launches (mamba_ssm uses five).
 
 1. _chunk_state:  per (chunk, batch·head): dt (bias, softplus), cum = cumsum(dt·A) in registers;
-                  writes dt and cum (fp32, tiny) and the chunk's own end state X^T·(w ∘ B) (P, N)
-                  with w = exp(cum_end − cum)·dt, one (P, Q) × (Q, N) dot.
+                  writes dt, cum and cum_end − cum as a suffix sum (fp32, tiny) and the chunk's
+                  own end state X^T·(w ∘ B) (P, N) with w = exp(cum_end − cum)·dt, one (P, Q) ×
+                  (Q, N) dot.
 2. _state_pass:   per (batch·head, block of P·N): walks the chunks in order, overwriting each
                   chunk's local state with the state entering it; writes the final state.
 3. _chunk_out:    per (query block of BLOCK_Q rows, batch·head): y = exp(cum_i)·C_i·S_in
@@ -36,7 +37,7 @@ def _dot(a, b, PREC: tl.constexpr, F32: tl.constexpr):
 
 @triton.jit
 def _chunk_state_kernel(
-    X, DT, A, B, DT_BIAS, SEG, DT_OUT, CUM_OUT, STATES, CHUNK_DECAY,
+    X, DT, A, B, DT_BIAS, SEG, DT_OUT, CUM_OUT, SUF_OUT, STATES, CHUNK_DECAY,
     L, NC, H, HPG,
     s_xb, s_xl, s_xh, s_xp, s_tb, s_tl, s_th, s_bb, s_bl, s_bg, s_bn,
     P: tl.constexpr, N: tl.constexpr, Q: tl.constexpr,
@@ -58,12 +59,17 @@ def _chunk_state_kernel(
         b_dt = _softplus(b_dt)
     b_dt = tl.where(m_t, b_dt, 0.0)  # padding steps leave the state unchanged
     b_a = tl.load(A + i_h).to(tl.float32)
-    b_cum = tl.cumsum(b_dt * b_a, axis=0)
-    b_end = tl.sum(b_dt * b_a, axis=0)
+    b_dta = b_dt * b_a
+    b_cum = tl.cumsum(b_dta, axis=0)
+    b_end = tl.sum(b_dta, axis=0)
+    # cum_end - cum as its own (exclusive) suffix sum: near the chunk's end, where e^{cum_end - cum}
+    # weighs most, it is a sum of a few small terms, not a difference of two large ones (~|cum|·eps)
+    b_suffix = tl.cumsum(b_dta, axis=0, reverse=True) - b_dta
     o_buf = (i_bh.to(tl.int64) * NC + i_c) * Q + o_q
     tl.store(DT_OUT + o_buf, b_dt)
     tl.store(CUM_OUT + o_buf, b_cum)
-    b_w = tl.exp(b_end - b_cum) * b_dt
+    tl.store(SUF_OUT + o_buf, b_suffix)
+    b_w = tl.exp(b_suffix) * b_dt
     b_carry = tl.exp(b_end)
     if HAS_SEG:
         last = tl.minimum(i_c * Q + Q, L) - 1
@@ -213,7 +219,8 @@ def _prec(x):
 
 def ssd_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_state, seg, keep=False):
     """Returns y (x's shape/dtype) and final_state (batch, H, P, N) fp32; with keep=True also
-    what the backward needs: (dt_buf, cum_buf, states entering each chunk, chunk_decay)."""
+    what the backward needs: (dt_buf, cum_buf, suf_buf = cum_end − cum as a suffix sum, states
+    entering each chunk, chunk_decay)."""
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     Q = chunk_size
@@ -223,13 +230,14 @@ def ssd_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_stat
     f32 = torch.float32
     dt_buf = torch.empty(batch * nheads, nc, Q, device=dev, dtype=f32)
     cum_buf = torch.empty_like(dt_buf)
+    suf_buf = torch.empty_like(dt_buf)
     states = torch.empty(batch * nheads, nc, headdim, dstate, device=dev, dtype=f32)
     chunk_decay = torch.empty(batch * nheads, nc, device=dev, dtype=f32)
     final = torch.empty(batch, nheads, headdim, dstate, device=dev, dtype=f32)
     bp, bn = tile_widths(headdim, dstate)
     prec = _prec(x)
     _chunk_state_kernel[(nc, batch * nheads)](
-        x, dt, A, B, dt_bias, seg, dt_buf, cum_buf, states, chunk_decay,
+        x, dt, A, B, dt_bias, seg, dt_buf, cum_buf, suf_buf, states, chunk_decay,
         seqlen, nc, nheads, nheads // ngroups,
         *x.stride(), *dt.stride(), *B.stride(),
         P=headdim, N=dstate, Q=Q, BLOCK_P=bp, BLOCK_N=bn,
@@ -245,7 +253,7 @@ def ssd_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_stat
     )
     y = chunk_out(x, B, C, z, D, seg, (dt_buf, cum_buf, states), Q)
     if keep:
-        return y, final, (dt_buf, cum_buf, states, chunk_decay)
+        return y, final, (dt_buf, cum_buf, suf_buf, states, chunk_decay)
     return y, final
 
 
