@@ -21,7 +21,7 @@ import torch
 SCAN_SHAPES = ((8, 2048), (1, 32768))
 
 
-def top_kernels(fn, steps: int, rows: int = 8) -> list[tuple[float, int, str]]:
+def top_kernels(fn, steps: int, rows: int = 12) -> list[tuple[float, int, str]]:
     """(ms per step, launches per step, name) of the kernels fn launches, slowest first."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -76,7 +76,13 @@ def profile_scan(steps: int) -> None:
 
 
 def profile_ssd(steps: int, H=32, P=64, N=128, Q=256) -> None:
+    """bytelm's SSD forward (no grad) and fwd+bwd at the ANCHORS shapes, then mamba_ssm's
+    mamba_chunk_scan_combined on the same inputs when its source is in ANCHOR_SRC
+    (default .carry/mamba_ssm_src)."""
+    sys.path.insert(0, os.path.dirname(__file__))
+    from bench_kernels_mamba2 import load_anchor
     from bytelm.kernels.ssd.triton_op import ssd
+    anchor = load_anchor(os.environ.get("ANCHOR_SRC", ".carry/mamba_ssm_src"))
     bf = torch.bfloat16
     for b, L in ((8, 2048), (2, 8192), (1, 32768)):
         g = dict(device="cuda")
@@ -85,9 +91,18 @@ def profile_ssd(steps: int, H=32, P=64, N=128, Q=256) -> None:
                       A=-torch.rand(H, **g) - 0.5,
                       B=(torch.randn(b, L, 1, N, **g, dtype=bf) * N ** -0.5).requires_grad_(),
                       C=(torch.randn(b, L, 1, N, **g, dtype=bf) * N ** -0.5).requires_grad_())
-        report(f"SSD fwd+bwd, {b}x{L} H{H} P{P} N{N} chunk {Q}",
-               grad_step(ssd, leaves, chunk_size=Q, D=torch.randn(H, **g),
-                         dt_bias=torch.randn(H, **g) * 0.5 - 1, dt_softplus=True), steps)
+        kw = dict(chunk_size=Q, D=torch.randn(H, **g), dt_bias=torch.randn(H, **g) * 0.5 - 1,
+                  dt_softplus=True)
+        title = f"{b}x{L} H{H} P{P} N{N} chunk {Q}"
+        for name, op in (("bytelm", ssd), ("mamba_ssm", anchor)):
+            if op is None:
+                continue
+
+            def fwd(op=op):
+                with torch.no_grad():
+                    op(**leaves, **kw)
+            report(f"SSD fwd, {name}, {title}", fwd, steps)
+            report(f"SSD fwd+bwd, {name}, {title}", grad_step(op, leaves, **kw), steps)
         torch.cuda.empty_cache()
 
 

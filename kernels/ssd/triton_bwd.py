@@ -77,13 +77,21 @@ def _dstate_pass_kernel(
         b_g = tl.load(DFINAL + i_bh.to(tl.int64) * PN + o_k, mask=m_k, other=0.0).to(tl.float32)
     else:
         b_g = tl.zeros([BLOCK], dtype=tl.float32)
+    o_bh = i_bh.to(tl.int64) * NC * PN + o_k
+    p_dec = CHUNK_DECAY + i_bh.to(tl.int64) * NC
+    # each step loads the next (earlier) chunk's tiles before it stores this one's: with one
+    # chunk in flight per program the pass was latency-bound (3-6x slower, PASS_CFG)
+    c = NC - 1
+    b_loc_next = tl.load(DSTATES + o_bh + c * PN, mask=m_k, other=0.0)
+    b_s_next = tl.load(STATES + o_bh + c * PN, mask=m_k, other=0.0)
+    b_decay_next = tl.load(p_dec + c)
     for i in range(0, NC):
         c = NC - 1 - i
-        o_s = (i_bh.to(tl.int64) * NC + c) * PN + o_k
-        b_loc = tl.load(DSTATES + o_s, mask=m_k, other=0.0)
-        tl.store(DSTATES + o_s, b_g, mask=m_k)  # now: G_{c+1}, the gradient of the state leaving c
-        b_decay = tl.load(CHUNK_DECAY + i_bh.to(tl.int64) * NC + c)
-        b_s = tl.load(STATES + o_s, mask=m_k, other=0.0)
+        b_loc, b_s, b_decay = b_loc_next, b_s_next, b_decay_next
+        b_loc_next = tl.load(DSTATES + o_bh + (c - 1) * PN, mask=m_k & (c > 0), other=0.0)
+        b_s_next = tl.load(STATES + o_bh + (c - 1) * PN, mask=m_k & (c > 0), other=0.0)
+        b_decay_next = tl.load(p_dec + c - 1, mask=c > 0, other=0.0)
+        tl.store(DSTATES + o_bh + c * PN, b_g, mask=m_k)  # now: G_{c+1}, the gradient of the state leaving c
         # d/d cum_end of e^{cum_end}·S_c is e^{cum_end}·S_c (zero where the chunk does not carry)
         tl.store(DDECAY + (i_bh.to(tl.int64) * NC + c) * NK + i_k, b_decay * tl.sum(b_g * b_s, axis=0))
         b_g = b_decay * b_g + b_loc
@@ -239,7 +247,12 @@ def _chunk_bwd_kernel(
 # LDL/STL, 32 -> 648 and 180, 16 -> 8 and 4 (as at N = 16). The candidates pass the CPU
 # interpreter, but their GPU check did not finish (the N = 256 compile and float64 reference
 # used the call's time), so the default stays the checked 64.
-BWD_CFG = {"BLOCK_Q": 64, "BLOCK_Q_wide_state": 64, "chunk_bwd_warps": 8}
+# pass_block, pass_warps: _dstate_pass_kernel's launch. H200, 2026-12-03 (.carry/sp_exp.py, the
+# kernel alone, ms at 8x2048 / 2x8192 / 1x32768): block 1024, 4 warps, one chunk in flight (the
+# former kernel) 0.140 / 0.297 / 0.737; the one-chunk prefetch at block 1024 0.059 / 0.058 / 0.138,
+# at block 512 0.060 / 0.056 / 0.125 (adding the compiler's 2-stage pipeline: no change).
+BWD_CFG = {"BLOCK_Q": 64, "BLOCK_Q_wide_state": 64, "chunk_bwd_warps": 8,
+           "pass_block": 512, "pass_warps": 4}
 
 
 def ssd_bwd(dy, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, seg, saved, dfinal):
@@ -278,14 +291,14 @@ def ssd_bwd(dy, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, seg, sav
         PREC=prec, F32=INTERPRET, num_warps=warps(8 if Q >= 128 else 4, headdim, dstate),
     )
     pn = headdim * dstate
-    block = min(1024, triton.next_power_of_2(pn))
+    block = min(BWD_CFG["pass_block"], triton.next_power_of_2(pn))
     nk = triton.cdiv(pn, block)
     dinit = torch.empty(batch, nheads, headdim, dstate, device=dev, dtype=f32)
     ddecay = torch.empty(batch * nheads, nc, nk, device=dev, dtype=f32)
     dfin = dfinal.float().contiguous() if dfinal is not None else None
     _dstate_pass_kernel[(batch * nheads, nk)](
         dstates, states, chunk_decay, dfin, dinit, ddecay, nc, pn, nk,
-        BLOCK=block, HAS_DFINAL=dfin is not None, num_warps=4,
+        BLOCK=block, HAS_DFINAL=dfin is not None, num_warps=BWD_CFG["pass_warps"],
     )
     dx = torch.empty_like(x)
     dB = torch.zeros(batch, seqlen, ngroups, dstate, device=dev, dtype=f32)
