@@ -232,24 +232,33 @@ def ssd_rows(anchor, shapes=((8, 2048), (2, 8192), (1, 32768)), H=32, P=64, N=12
     return out
 
 
+# backward launch variants timed beside the default (triton_bwd.BWD_CFG overrides)
+SSD_BWD_VARIANTS = ({"chunk_bwd_warps": 4}, {"heads_per_program": 2}, {"heads_per_program": 4},
+                    {"heads_per_program": 8}, {"heads_per_program": 32},
+                    {"heads_per_program": 8, "chunk_bwd_warps": 4})
+
+
 def _ssd_bwd_variants(ours_fb, leaves, shape, a_fb):
-    """The Triton backward with _chunk_bwd_kernel at 4 warps (triton_bwd.BWD_CFG; 8 is the
-    default): gradients compared with the default's, then timed."""
+    """The Triton backward at each of SSD_BWD_VARIANTS (not the default's values): gradients
+    compared with the default's, then timed."""
     from bytelm.kernels.ssd import triton_bwd
 
     out, saved = [], dict(triton_bwd.BWD_CFG)
     os.environ["BYTELM_SSD_BWD"] = "triton"
     ref_grads = _grads_of(ours_fb, leaves)
-    for w in (4,):
-        triton_bwd.BWD_CFG["chunk_bwd_warps"] = w
+    for cfg in SSD_BWD_VARIANTS:
+        if all(saved.get(k) == v for k, v in cfg.items()):
+            continue
+        name = ", ".join(f"{k} {v}" for k, v in cfg.items())
+        triton_bwd.BWD_CFG.update(cfg)
         try:
             g = _grads_of(ours_fb, leaves)
             err = max(((a - b).norm() / b.norm()).item() for a, b in zip(g, ref_grads))
-            print(f"# ssd bwd chunk_bwd_warps={w} at {shape}: gradients within {err:.1e} of the default's", flush=True)
-            label = f"ssd (Triton bwd, chunk_bwd {w} warps)" + ("" if err < 2e-2 else f" WRONG {err:.1e}")
+            print(f"# ssd bwd {name} at {shape}: gradients within {err:.1e} of the default's", flush=True)
+            label = f"ssd (Triton bwd, {name})" + ("" if err < 2e-2 else f" WRONG {err:.1e}")
             out.append(_row(label, shape, "fwd+bwd", bench(ours_fb), None, a_fb))
         except Exception as err:  # noqa: BLE001 - a variant that fails is reported, the table goes on
-            print(f"# ssd bwd chunk_bwd_warps={w}: failed ({type(err).__name__}: {err})"[:300], flush=True)
+            print(f"# ssd bwd {name}: failed ({type(err).__name__}: {err})"[:300], flush=True)
         finally:
             triton_bwd.BWD_CFG.clear()
             triton_bwd.BWD_CFG.update(saved)
@@ -329,6 +338,7 @@ if __name__ == "__main__":
     ap.add_argument("--wide-state", action="store_true",
                     help="only the synth MQAR model's SSD at d_state 16/64/256, backward token "
                          "block 64 vs 32 vs 16 at d_state 256 (kernels/NOTES.md)")
+    ap.add_argument("--ssd-only", action="store_true", help="only the SSD rows (no rms_norm / conv)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_kernels_mamba2.py: no CUDA GPU visible; it times GPU kernels, run it on the GPU machine")
@@ -341,7 +351,8 @@ if __name__ == "__main__":
     if args.wide_state:
         wide_state_rows()
         sys.exit(0)
-    norm_conv_rows()
+    if not args.ssd_only:
+        norm_conv_rows()
     anchor = load_anchor(args.anchor_src)
     for shape in ((8, 2048), (2, 8192), (1, 32768)):
         ssd_rows(anchor, shapes=(shape,))

@@ -151,6 +151,20 @@ def test_ssd_backward_matches_reference(monkeypatch, dtype, seqlen, groups, with
     """Every gradient (x, dt, A, B, C, D, z, dt_bias, initial_state) of y and of the final state,
     through the Triton backward, against autograd through the float64 reference; with_state adds
     seq_idx (several documents per row), an initial state, the z gate and per-channel D."""
+    check_backward(monkeypatch, dtype, seqlen, groups, with_state)
+
+
+@pytest.mark.parametrize("heads_per_program", [2, 64])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_ssd_backward_with_several_heads_per_program(monkeypatch, heads_per_program, groups):
+    """BWD_CFG["heads_per_program"]: the chunk backward walks several heads of a group in one
+    program and sums dB / dC over them in registers (atomics only across programs; 64 here means
+    all of a group's heads, so plain stores); same check as above."""
+    monkeypatch.setitem(triton_bwd.BWD_CFG, "heads_per_program", heads_per_program)
+    check_backward(monkeypatch, torch.float32, 2 * BWD_CHUNK + 13, groups, True)
+
+
+def check_backward(monkeypatch, dtype, seqlen, groups, with_state):
     monkeypatch.setenv("BYTELM_SSD_BWD", "triton")
     monkeypatch.setitem(triton_bwd.BWD_CFG, "BLOCK_Q", BWD_BLOCK)
     vals = inputs(2, seqlen, groups, dtype, with_state, with_z=with_state, d_per_p=groups == 2,
