@@ -16,7 +16,7 @@ if not CUDA:
 triton = pytest.importorskip("triton")
 
 from bytelm.errors import UserError  # noqa: E402
-from bytelm.kernels.ssd import triton_bwd  # noqa: E402
+from bytelm.kernels.ssd import triton_bwd, triton_fwd  # noqa: E402
 from bytelm.kernels.ssd.reference import ssd_ref, ssd_state_update_ref  # noqa: E402
 from bytelm.kernels.ssd.triton_fwd import ssd_fwd  # noqa: E402
 from bytelm.kernels.ssd.triton_op import ssd, ssd_state_update  # noqa: E402
@@ -74,6 +74,19 @@ def inputs(batch, seqlen, groups, dtype, with_state, with_z, d_per_p, seed, shap
 @pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("with_state", [False, True])
 def test_ssd_forward(dtype, seqlen, groups, with_state):
+    check_forward(dtype, seqlen, groups, with_state)
+
+
+@pytest.mark.parametrize("stages", [1, 3])
+def test_ssd_forward_with_the_chunk_state_in_slices(monkeypatch, stages):
+    """STATE_CFG: the chunk-state kernel sums each chunk's state over slices of a quarter chunk
+    (a loop the compiler pipelines at stages > 1); documents, initial state, groups 2."""
+    monkeypatch.setitem(triton_fwd.STATE_CFG, "sub", SHAPE["chunk"] // 4)
+    monkeypatch.setitem(triton_fwd.STATE_CFG, "stages", stages)
+    check_forward(torch.float32, LENGTHS[-1], 2, True)
+
+
+def check_forward(dtype, seqlen, groups, with_state):
     x, dt, A, B, C, D, z, dt_bias, init, seq_idx = inputs(
         2, seqlen, groups, dtype, with_state, with_z=with_state, d_per_p=groups == 2, seed=seqlen)
     with torch.no_grad():
