@@ -233,9 +233,7 @@ def ssd_rows(anchor, shapes=((8, 2048), (2, 8192), (1, 32768)), H=32, P=64, N=12
 
 
 # backward launch variants timed beside the default (triton_bwd.BWD_CFG overrides)
-SSD_BWD_VARIANTS = ({"chunk_bwd_warps": 4}, {"heads_per_program": 2}, {"heads_per_program": 4},
-                    {"heads_per_program": 8}, {"heads_per_program": 32},
-                    {"heads_per_program": 8, "chunk_bwd_warps": 4})
+SSD_BWD_VARIANTS = ({"chunk_bwd_warps": 4},)
 
 
 def _ssd_bwd_variants(ours_fb, leaves, shape, a_fb):

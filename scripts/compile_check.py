@@ -111,18 +111,6 @@ def scan_path(bwd: str, fwd: str = "seq", batch=2, dim=64, L=1000, N=16, G=1, dt
     (y.float().sum() + final.sum()).backward()
 
 
-def ssd_heads_path(counts):
-    from bytelm.kernels.ssd import triton_bwd
-
-    saved = dict(triton_bwd.BWD_CFG)
-    try:
-        for n in counts:
-            triton_bwd.BWD_CFG["heads_per_program"] = n
-            ssd_path(heads=8)
-    finally:
-        triton_bwd.BWD_CFG.update(saved)
-
-
 def lanes_path():
     from bytelm.kernels.selective_scan import triton_fwd_lanes as fl
 
@@ -206,8 +194,6 @@ PATHS = {
     "scan-grouped": lambda: scan_path("grouped", L=4096, batch=1),
     "scan-grouped-fwd2": lambda: scan_path("grouped", fwd="chunked", L=4096, batch=1, G=2),
     "ssd": ssd_path,
-    # the chunk backward with several heads per program (BWD_CFG["heads_per_program"])
-    "ssd-heads": lambda: ssd_heads_path((4, 8)),
     # bytelm synth's Mamba-2 (d_model 64): the padded small-tile launches
     "ssd-small": lambda: [ssd_path(32, n, 64, heads=4) for n in (16, 256)],
     "conv": lambda: [conv_path(v) for v in ("v1", "roll")],

@@ -167,16 +167,6 @@ def test_ssd_backward_matches_reference(monkeypatch, dtype, seqlen, groups, with
     check_backward(monkeypatch, dtype, seqlen, groups, with_state)
 
 
-@pytest.mark.parametrize("heads_per_program", [2, 64])
-@pytest.mark.parametrize("groups", [1, 2])
-def test_ssd_backward_with_several_heads_per_program(monkeypatch, heads_per_program, groups):
-    """BWD_CFG["heads_per_program"]: the chunk backward walks several heads of a group in one
-    program and sums dB / dC over them in registers (atomics only across programs; 64 here means
-    all of a group's heads, so plain stores); same check as above."""
-    monkeypatch.setitem(triton_bwd.BWD_CFG, "heads_per_program", heads_per_program)
-    check_backward(monkeypatch, torch.float32, 2 * BWD_CHUNK + 13, groups, True)
-
-
 def check_backward(monkeypatch, dtype, seqlen, groups, with_state):
     monkeypatch.setenv("BYTELM_SSD_BWD", "triton")
     monkeypatch.setitem(triton_bwd.BWD_CFG, "BLOCK_Q", BWD_BLOCK)

@@ -1,4 +1,4 @@
-"""Mamba-2 SSD backward in Triton: five launches plus a few elementwise torch ops.
+"""Mamba-2 SSD backward in Triton: three launches plus a few elementwise torch ops.
 
 Notation per chunk c of Q tokens and head h (as in triton_fwd.py): cum_t = Σ_{u≤t} dt_u·A inside
 the chunk, S_c the state entering chunk c (saved by the forward, the only (P, N) tensors kept),
@@ -9,15 +9,11 @@ dY the gradient of the ungated output. The forward is
 2. _dstate_pass:  per (batch·head, block of P·N): walks the chunks backwards, G_c+1 (the gradient of
                   the state leaving chunk c) overwrites dS_loc_c; the chunk decay's gradient
                   e^{cum_end}·<G_c+1, S_c>; writes d initial_state = G_0.
-3. _chunk_cb (triton_fwd): C_t·B_s of each chunk, once per group instead of once per head.
-4. _chunk_bwd_q:  per (block of BLOCK_Q tokens, HS heads of a group): the block as queries t: dC
-                  (summed over the heads in registers) and the row sums of dcum, looping over
-                  source blocks s ≤ t, plus the carried-in state's terms (S_c).
-5. _chunk_bwd_s:  the same grid, the block as sources s: dx, dB (summed over the heads), the
-                  explicit ddt and the column sums of dcum, looping over query blocks t ≥ s, plus
-                  the carried-out state's terms (G_c+1) and D.
-                  Where a group's heads span several programs (BWD_CFG["heads_per_program"]),
-                  dB and dC are added across them with fp32 atomics.
+3. _chunk_bwd:    per (block of BLOCK_Q tokens, batch·head), the block both as queries t (dC and
+                  the row sums of dcum, looping over source blocks s ≤ t) and as sources s (dx, dB,
+                  the explicit ddt and the column sums of dcum, looping over query blocks t ≥ s),
+                  plus the carried-in state (S_c) and carried-out state (G_c+1) terms and D.
+                  dB and dC are summed over the heads of a group with fp32 atomic adds.
 Then torch: dcum -> d(dt·A) by a reverse cumsum inside each chunk, ddt, dA, and the dt_bias /
 softplus chain. seq_idx masks exactly the terms the forward masks.
 
@@ -32,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from bytelm.kernels.ssd.triton_fwd import INTERPRET, _dot, _prec, chunk_cb, chunk_out, tile_widths, warps
+from bytelm.kernels.ssd.triton_fwd import INTERPRET, _dot, _prec, chunk_out, tile_widths, warps
 
 
 @triton.jit
@@ -103,191 +99,137 @@ def _dstate_pass_kernel(
 
 
 @triton.jit
-def _program_heads(i_pg, H, HPG, NSPLIT, HS: tl.constexpr):
-    """(batch, group, first head) of a program over batch · groups · NSPLIT splits of HS heads."""
-    G = H // HPG
-    i_b, i_gs = i_pg // (NSPLIT * G), i_pg % (NSPLIT * G)
-    i_g, i_sp = i_gs // NSPLIT, i_gs % NSPLIT
-    return i_b, i_g, i_g * HPG + i_sp * HS
-
-
-@triton.jit
-def _chunk_bwd_q_kernel(
-    X, C, DY, CB, SEG, DT_BUF, CUM_BUF, STATES, DC, DCUM_T,
-    L, NC, H, HPG, NSPLIT,
-    s_xb, s_xl, s_xh, s_xp, s_cb, s_cl, s_cg, s_cn, s_yb, s_yl, s_yh, s_yp, s_gb, s_gl, s_gg, s_gn,
-    B, s_bb, s_bl, s_bg, s_bn,
-    P: tl.constexpr, N: tl.constexpr, Q: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, HS: tl.constexpr,
-    HAS_SEG: tl.constexpr, ATOMIC: tl.constexpr, PREC: tl.constexpr, F32: tl.constexpr,
-):
-    """The block t of BLOCK_Q tokens as queries, for HS heads of one group: dC_t (summed over the
-    heads) and each head's row sums of d cum_t."""
-    i_cq, i_pg = tl.program_id(0), tl.program_id(1)
-    n_qb: tl.constexpr = Q // BLOCK_Q
-    i_c, i_qb = i_cq // n_qb, i_cq % n_qb
-    i_b, i_g, i_h0 = _program_heads(i_pg, H, HPG, NSPLIT, HS)
-    i_b64 = i_b.to(tl.int64)
-    o_i = tl.arange(0, BLOCK_Q)
-    o_p = tl.arange(0, BLOCK_P)
-    o_n = tl.arange(0, BLOCK_N)
-    m_p, m_n = o_p < P, o_n < N
-    o_tb = i_c * Q + i_qb * BLOCK_Q + o_i
-    m_tb = o_tb < L
-    m_bn = m_tb[:, None] & m_n[None, :]
-    p_c = C + i_b64 * s_cb + o_tb[:, None].to(tl.int64) * s_cl + i_g * s_cg + o_n[None, :] * s_cn
-    b_c = tl.load(p_c, mask=m_bn, other=0.0).to(tl.float32)  # (BQ, N)
-    if HAS_SEG:
-        b_seg = tl.load(SEG + i_b64 * L + o_tb, mask=m_tb, other=-1)
-        seg_prev = tl.load(SEG + i_b64 * L + i_c * Q - 1, mask=i_c > 0, other=0)
-    p_cb = CB + (((i_b * (H // HPG) + i_g).to(tl.int64) * NC + i_c) * Q + i_qb * BLOCK_Q + o_i[:, None]) * Q + o_i[None, :]
-    b_dc = tl.zeros([BLOCK_Q, BLOCK_N], dtype=tl.float32)
-    for i_hh in range(0, HS):
-        i_h = i_h0 + i_hh
-        i_bh = i_b * H + i_h
-        buf0 = (i_bh.to(tl.int64) * NC + i_c) * Q
-        b_cum = tl.load(CUM_BUF + buf0 + i_qb * BLOCK_Q + o_i)
-        p_dy = DY + i_b64 * s_yb + o_tb[:, None].to(tl.int64) * s_yl + i_h * s_yh + o_p[None, :] * s_yp
-        b_dy = tl.load(p_dy, mask=m_tb[:, None] & m_p[None, :], other=0.0)  # (BQ, P)
-        b_decay_in = tl.exp(b_cum)
-        if HAS_SEG:
-            b_decay_in = tl.where(b_seg == seg_prev, b_decay_in, 0.0)
-        b_decay_in = tl.where(m_tb, b_decay_in, 0.0)
-        # carried-in state: Y_off_t = e^{cum_t} S C_t, so dC_t = e^{cum_t} dY_t S and
-        # d cum_t = <C_t, dC_t> (one dot for both)
-        p_s = STATES + (i_bh.to(tl.int64) * NC + i_c) * P * N + o_p[:, None] * N + o_n[None, :]
-        b_s = tl.load(p_s, mask=m_p[:, None] & m_n[None, :], other=0.0).to(b_dy.dtype)  # (P, N)
-        b_dc_in = _dot(b_dy, b_s, PREC, F32) * b_decay_in[:, None]  # (BQ, N)
-        b_dcum_t = tl.sum(b_dc_in * b_c, axis=1)
-        b_dc += b_dc_in
-        for i_jb in range(0, i_qb + 1):  # source blocks s <= t
-            o_tj = i_c * Q + i_jb * BLOCK_Q + o_i
-            m_tj = o_tj < L
-            b_cum_j = tl.load(CUM_BUF + buf0 + i_jb * BLOCK_Q + o_i)
-            b_dt_j = tl.load(DT_BUF + buf0 + i_jb * BLOCK_Q + o_i)
-            p_xj = X + i_b64 * s_xb + o_tj[None, :].to(tl.int64) * s_xl + i_h * s_xh + o_p[:, None] * s_xp
-            b_xjt = tl.load(p_xj, mask=m_tj[None, :] & m_p[:, None], other=0.0)  # (P, BQ)
-            m_ij = (o_tb[:, None] >= o_tj[None, :]) & m_tj[None, :]
-            if HAS_SEG:
-                b_seg_j = tl.load(SEG + i_b64 * L + o_tj, mask=m_tj, other=-2)
-                m_ij = m_ij & (b_seg[:, None] == b_seg_j[None, :])
-            b_dec = tl.exp(tl.where(m_ij, b_cum[:, None] - b_cum_j[None, :], -float("inf")))
-            b_dyx = _dot(b_dy, b_xjt.to(b_dy.dtype), PREC, F32)  # (BQ_t, BQ_s) = dY_t · x_s
-            b_cb = tl.load(p_cb + i_jb * BLOCK_Q)  # (BQ_t, BQ_s) = C_t · B_s
-            b_wdx = b_dyx * b_dec * b_dt_j[None, :]
-            b_dcum_t += tl.sum(b_wdx * b_cb, axis=1)
-            p_bj = B + i_b64 * s_bb + o_tj[:, None].to(tl.int64) * s_bl + i_g * s_bg + o_n[None, :] * s_bn
-            b_bj = tl.load(p_bj, mask=m_tj[:, None] & m_n[None, :], other=0.0)  # (BQ, N)
-            b_dc += _dot(b_wdx.to(b_bj.dtype), b_bj, PREC, F32)
-        tl.store(DCUM_T + buf0 + i_qb * BLOCK_Q + o_i, b_dcum_t)
-    p_dc = DC + i_b64 * s_gb + o_tb[:, None].to(tl.int64) * s_gl + i_g * s_gg + o_n[None, :] * s_gn
-    if ATOMIC:
-        tl.atomic_add(p_dc, b_dc, mask=m_bn)
-    else:
-        tl.store(p_dc, b_dc, mask=m_bn)
-
-
-@triton.jit
-def _chunk_bwd_s_kernel(
-    X, B, C, DY, CB, D, SEG, DT_BUF, CUM_BUF, SUF_BUF, GSTATES,
-    DX, DB, DD, DDT, DCUM_S, DCUM_END,
-    L, NC, H, HPG, NSPLIT,
+def _chunk_bwd_kernel(
+    X, B, C, DY, D, SEG, DT_BUF, CUM_BUF, SUF_BUF, STATES, GSTATES,
+    DX, DB, DC, DD, DDT, DCUM_T, DCUM_S, DCUM_END,
+    L, NC, H, HPG,
     s_xb, s_xl, s_xh, s_xp, s_bb, s_bl, s_bg, s_bn, s_cb, s_cl, s_cg, s_cn,
     s_yb, s_yl, s_yh, s_yp, s_gb, s_gl, s_gg, s_gn,
     P: tl.constexpr, N: tl.constexpr, Q: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, HS: tl.constexpr,
-    HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_SEG: tl.constexpr, ATOMIC: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_SEG: tl.constexpr,
     PREC: tl.constexpr, F32: tl.constexpr,
 ):
-    """The block s of BLOCK_Q tokens as sources, for HS heads of one group: the gradient of every
-    term that reads x_s, B_s, dt_s: dx, dB (summed over the heads), the explicit ddt, the column
-    sums of d cum, and the D terms."""
-    i_cq, i_pg = tl.program_id(0), tl.program_id(1)
+    i_cq, i_bh = tl.program_id(0), tl.program_id(1)
     n_qb: tl.constexpr = Q // BLOCK_Q
     i_c, i_qb = i_cq // n_qb, i_cq % n_qb
-    i_b, i_g, i_h0 = _program_heads(i_pg, H, HPG, NSPLIT, HS)
+    i_b, i_h = i_bh // H, i_bh % H
+    i_g = i_h // HPG
     i_b64 = i_b.to(tl.int64)
     o_i = tl.arange(0, BLOCK_Q)
     o_p = tl.arange(0, BLOCK_P)
     o_n = tl.arange(0, BLOCK_N)
     m_p, m_n = o_p < P, o_n < N
+    buf0 = (i_bh.to(tl.int64) * NC + i_c) * Q
+    o_s0 = (i_bh.to(tl.int64) * NC + i_c) * P * N
+    # this program's block: tokens o_tb, as queries (t) and as sources (s)
     o_tb = i_c * Q + i_qb * BLOCK_Q + o_i
     m_tb = o_tb < L
     m_bp = m_tb[:, None] & m_p[None, :]
     m_bn = m_tb[:, None] & m_n[None, :]
+    b_cum = tl.load(CUM_BUF + buf0 + i_qb * BLOCK_Q + o_i)
+    b_dt = tl.load(DT_BUF + buf0 + i_qb * BLOCK_Q + o_i)
+    p_x = X + i_b64 * s_xb + o_tb[:, None].to(tl.int64) * s_xl + i_h * s_xh + o_p[None, :] * s_xp
+    p_dy = DY + i_b64 * s_yb + o_tb[:, None].to(tl.int64) * s_yl + i_h * s_yh + o_p[None, :] * s_yp
     p_b = B + i_b64 * s_bb + o_tb[:, None].to(tl.int64) * s_bl + i_g * s_bg + o_n[None, :] * s_bn
+    p_c = C + i_b64 * s_cb + o_tb[:, None].to(tl.int64) * s_cl + i_g * s_cg + o_n[None, :] * s_cn
+    b_x = tl.load(p_x, mask=m_bp, other=0.0)  # (BQ, P)
+    b_dy = tl.load(p_dy, mask=m_bp, other=0.0)  # (BQ, P)
     b_b = tl.load(p_b, mask=m_bn, other=0.0)  # (BQ, N)
+    b_c = tl.load(p_c, mask=m_bn, other=0.0)  # (BQ, N)
+    b_decay_in = tl.exp(b_cum)
+    b_decay_out = tl.exp(tl.load(SUF_BUF + buf0 + i_qb * BLOCK_Q + o_i))  # e^{cum_end − cum}
     if HAS_SEG:
         b_seg = tl.load(SEG + i_b64 * L + o_tb, mask=m_tb, other=-1)
+        seg_prev = tl.load(SEG + i_b64 * L + i_c * Q - 1, mask=i_c > 0, other=0)
         seg_end = tl.load(SEG + i_b64 * L + tl.minimum(i_c * Q + Q, L) - 1)
-    # CB^T: rows are this block's sources s, columns the queries t of block i_ib (added below)
-    p_cbt = CB + (((i_b * (H // HPG) + i_g).to(tl.int64) * NC + i_c) * Q + o_i[None, :]) * Q + i_qb * BLOCK_Q + o_i[:, None]
-    b_db = tl.zeros([BLOCK_Q, BLOCK_N], dtype=tl.float32)
-    for i_hh in range(0, HS):
-        i_h = i_h0 + i_hh
-        i_bh = i_b * H + i_h
-        buf0 = (i_bh.to(tl.int64) * NC + i_c) * Q
-        b_cum = tl.load(CUM_BUF + buf0 + i_qb * BLOCK_Q + o_i)
-        b_dt = tl.load(DT_BUF + buf0 + i_qb * BLOCK_Q + o_i)
-        p_x = X + i_b64 * s_xb + o_tb[:, None].to(tl.int64) * s_xl + i_h * s_xh + o_p[None, :] * s_xp
-        b_x = tl.load(p_x, mask=m_bp, other=0.0)  # (BQ, P)
-        b_decay_out = tl.exp(tl.load(SUF_BUF + buf0 + i_qb * BLOCK_Q + o_i))  # e^{cum_end − cum}
+        b_decay_in = tl.where(b_seg == seg_prev, b_decay_in, 0.0)
+        b_decay_out = tl.where(b_seg == seg_end, b_decay_out, 0.0)
+    b_decay_in = tl.where(m_tb, b_decay_in, 0.0)
+    b_decay_out = tl.where(m_tb, b_decay_out, 0.0)
+
+    # -- the block as queries: Y_t's gradient w.r.t. C_t and cum_t ---------------------------
+    # carried-in state: Y_off_t = e^{cum_t} S C_t, so dC_t = e^{cum_t} dY_t S and
+    # d cum_t = <C_t, dC_t> (one dot for both); S (P, N) loaded once, cast to the dot dtype
+    p_s = STATES + o_s0 + o_p[:, None] * N + o_n[None, :]
+    b_s = tl.load(p_s, mask=m_p[:, None] & m_n[None, :], other=0.0).to(b_dy.dtype)  # (P, N)
+    b_dc = _dot(b_dy, b_s, PREC, F32) * b_decay_in[:, None]  # (BQ, N)
+    b_dcum_t = tl.sum(b_dc * b_c.to(tl.float32), axis=1)
+    for i_jb in range(0, i_qb + 1):  # source blocks s <= t
+        o_tj = i_c * Q + i_jb * BLOCK_Q + o_i
+        m_tj = o_tj < L
+        b_cum_j = tl.load(CUM_BUF + buf0 + i_jb * BLOCK_Q + o_i)
+        b_dt_j = tl.load(DT_BUF + buf0 + i_jb * BLOCK_Q + o_i)
+        p_bj = B + i_b64 * s_bb + o_tj[:, None].to(tl.int64) * s_bl + i_g * s_bg + o_n[None, :] * s_bn
+        b_bj = tl.load(p_bj, mask=m_tj[:, None] & m_n[None, :], other=0.0)  # (BQ, N)
+        p_xj = X + i_b64 * s_xb + o_tj[None, :].to(tl.int64) * s_xl + i_h * s_xh + o_p[:, None] * s_xp
+        b_xjt = tl.load(p_xj, mask=m_tj[None, :] & m_p[:, None], other=0.0)  # (P, BQ)
+        m_ij = (o_tb[:, None] >= o_tj[None, :]) & m_tj[None, :]
         if HAS_SEG:
-            b_decay_out = tl.where(b_seg == seg_end, b_decay_out, 0.0)
-        b_decay_out = tl.where(m_tb, b_decay_out, 0.0)
-        # carried-out state: S_c+1 gets e^{cum_end − cum_s} dt_s x_s ⊗ B_s; G = G_{c+1} (P, N)
-        p_g = GSTATES + (i_bh.to(tl.int64) * NC + i_c) * P * N + o_p[:, None] * N + o_n[None, :]
-        b_g = tl.load(p_g, mask=m_p[:, None] & m_n[None, :], other=0.0).to(b_b.dtype)  # (P, N)
-        b_gb = _dot(b_b, tl.trans(b_g), PREC, F32)  # (BQ, P) = G B_s
-        b_xg = _dot(b_x, b_g.to(b_x.dtype), PREC, F32)  # (BQ, N) = x_s^T G
-        b_f = b_decay_out * b_dt
-        b_e = b_decay_out * tl.sum(b_x.to(tl.float32) * b_gb, axis=1)  # d/d dt_s (explicit)
-        b_dx = b_gb * b_f[:, None]
-        b_db += b_xg * b_f[:, None]
-        b_ddt = b_e
-        b_dcum_s = -b_e * b_dt
-        tl.atomic_add(DCUM_END + i_bh.to(tl.int64) * NC + i_c, tl.sum(b_e * b_dt, axis=0))
-        for i_ib in range(i_qb, n_qb):  # query blocks t >= s
-            o_ti = i_c * Q + i_ib * BLOCK_Q + o_i
-            m_ti = o_ti < L
-            b_cum_i = tl.load(CUM_BUF + buf0 + i_ib * BLOCK_Q + o_i)
-            p_dyi = DY + i_b64 * s_yb + o_ti[:, None].to(tl.int64) * s_yl + i_h * s_yh + o_p[None, :] * s_yp
-            b_dyi = tl.load(p_dyi, mask=m_ti[:, None] & m_p[None, :], other=0.0)  # (BQ, P)
-            m_ji = (o_ti[None, :] >= o_tb[:, None]) & m_ti[None, :]
-            if HAS_SEG:
-                b_seg_i = tl.load(SEG + i_b64 * L + o_ti, mask=m_ti, other=-2)
-                m_ji = m_ji & (b_seg[:, None] == b_seg_i[None, :])
-            b_dec = tl.exp(tl.where(m_ji, b_cum_i[None, :] - b_cum[:, None], -float("inf")))  # (s, t)
-            b_bc = tl.load(p_cbt + i_ib * BLOCK_Q * Q)  # (BQ_s, BQ_t) = B_s · C_t
-            b_xdy = _dot(b_x, tl.trans(b_dyi).to(b_x.dtype), PREC, F32)  # (BQ_s, BQ_t) = x_s · dY_t
-            b_k = b_bc * b_dec  # (s, t)
-            b_dx += _dot((b_k * b_dt[:, None]).to(b_dyi.dtype), b_dyi, PREC, F32)
-            p_ci = C + i_b64 * s_cb + o_ti[:, None].to(tl.int64) * s_cl + i_g * s_cg + o_n[None, :] * s_cn
-            b_ci = tl.load(p_ci, mask=m_ti[:, None] & m_n[None, :], other=0.0)  # (BQ, N)
-            b_db += _dot((b_xdy * b_dec * b_dt[:, None]).to(b_ci.dtype), b_ci, PREC, F32)
-            b_kx = tl.sum(b_k * b_xdy, axis=1)
-            b_ddt += b_kx
-            b_dcum_s -= b_kx * b_dt
-        if HAS_D:
-            p_dy = DY + i_b64 * s_yb + o_tb[:, None].to(tl.int64) * s_yl + i_h * s_yh + o_p[None, :] * s_yp
-            b_dyf = tl.load(p_dy, mask=m_bp, other=0.0).to(tl.float32)
-            if D_PER_P:
-                b_d = tl.load(D + i_h * P + o_p, mask=m_p, other=0.0).to(tl.float32)
-                b_dx += b_dyf * b_d[None, :]
-                tl.atomic_add(DD + i_h * P + o_p, tl.sum(b_dyf * b_x.to(tl.float32), axis=0), mask=m_p)
-            else:
-                b_dx += b_dyf * tl.load(D + i_h).to(tl.float32)
-                tl.atomic_add(DD + i_h, tl.sum(tl.sum(b_dyf * b_x.to(tl.float32), axis=1), axis=0))
-        p_dx = DX + i_b64 * s_xb + o_tb[:, None].to(tl.int64) * s_xl + i_h * s_xh + o_p[None, :] * s_xp
-        tl.store(p_dx, b_dx.to(DX.dtype.element_ty), mask=m_bp)
-        o_buf = buf0 + i_qb * BLOCK_Q + o_i
-        tl.store(DDT + o_buf, b_ddt)
-        tl.store(DCUM_S + o_buf, b_dcum_s)
+            b_seg_j = tl.load(SEG + i_b64 * L + o_tj, mask=m_tj, other=-2)
+            m_ij = m_ij & (b_seg[:, None] == b_seg_j[None, :])
+        b_dec = tl.exp(tl.where(m_ij, b_cum[:, None] - b_cum_j[None, :], -float("inf")))
+        b_dyx = _dot(b_dy, b_xjt.to(b_dy.dtype), PREC, F32)  # (BQ_t, BQ_s) = dY_t · x_s
+        b_cb = _dot(b_c, tl.trans(b_bj).to(b_c.dtype), PREC, F32)  # (BQ_t, BQ_s) = C_t · B_s
+        b_wdx = b_dyx * b_dec * b_dt_j[None, :]
+        b_dcum_t += tl.sum(b_wdx * b_cb, axis=1)
+        b_dc += _dot(b_wdx.to(b_bj.dtype), b_bj, PREC, F32)
+
+    # -- the block as sources: the gradient of every term that reads x_s, B_s, dt_s ----------
+    # carried-out state: S_c+1 gets e^{cum_end − cum_s} dt_s x_s ⊗ B_s; G = G_{c+1} (P, N)
+    p_g = GSTATES + o_s0 + o_p[:, None] * N + o_n[None, :]
+    b_g = tl.load(p_g, mask=m_p[:, None] & m_n[None, :], other=0.0).to(b_b.dtype)  # (P, N)
+    b_gb = _dot(b_b, tl.trans(b_g), PREC, F32)  # (BQ, P) = G B_s
+    b_xg = _dot(b_x, b_g.to(b_x.dtype), PREC, F32)  # (BQ, N) = x_s^T G
+    b_f = b_decay_out * b_dt
+    b_e = b_decay_out * tl.sum(b_x.to(tl.float32) * b_gb, axis=1)  # d/d dt_s (explicit)
+    b_dx = b_gb * b_f[:, None]
+    b_db = b_xg * b_f[:, None]
+    b_ddt = b_e
+    b_dcum_s = -b_e * b_dt
+    tl.atomic_add(DCUM_END + i_bh.to(tl.int64) * NC + i_c, tl.sum(b_e * b_dt, axis=0))
+    for i_ib in range(i_qb, n_qb):  # query blocks t >= s
+        o_ti = i_c * Q + i_ib * BLOCK_Q + o_i
+        m_ti = o_ti < L
+        b_cum_i = tl.load(CUM_BUF + buf0 + i_ib * BLOCK_Q + o_i)
+        p_ci = C + i_b64 * s_cb + o_ti[:, None].to(tl.int64) * s_cl + i_g * s_cg + o_n[None, :] * s_cn
+        b_ci = tl.load(p_ci, mask=m_ti[:, None] & m_n[None, :], other=0.0)  # (BQ, N)
+        p_dyi = DY + i_b64 * s_yb + o_ti[:, None].to(tl.int64) * s_yl + i_h * s_yh + o_p[None, :] * s_yp
+        b_dyi = tl.load(p_dyi, mask=m_ti[:, None] & m_p[None, :], other=0.0)  # (BQ, P)
+        m_ji = (o_ti[None, :] >= o_tb[:, None]) & m_ti[None, :]
+        if HAS_SEG:
+            b_seg_i = tl.load(SEG + i_b64 * L + o_ti, mask=m_ti, other=-2)
+            m_ji = m_ji & (b_seg[:, None] == b_seg_i[None, :])
+        b_dec = tl.exp(tl.where(m_ji, b_cum_i[None, :] - b_cum[:, None], -float("inf")))  # (s, t)
+        b_bc = _dot(b_b, tl.trans(b_ci).to(b_b.dtype), PREC, F32)  # (BQ_s, BQ_t) = B_s · C_t
+        b_xdy = _dot(b_x, tl.trans(b_dyi).to(b_x.dtype), PREC, F32)  # (BQ_s, BQ_t) = x_s · dY_t
+        b_k = b_bc * b_dec  # (s, t)
+        b_dx += _dot((b_k * b_dt[:, None]).to(b_dyi.dtype), b_dyi, PREC, F32)
+        b_db += _dot((b_xdy * b_dec * b_dt[:, None]).to(b_ci.dtype), b_ci, PREC, F32)
+        b_kx = tl.sum(b_k * b_xdy, axis=1)
+        b_ddt += b_kx
+        b_dcum_s -= b_kx * b_dt
+    if HAS_D:
+        b_dyf = b_dy.to(tl.float32)
+        if D_PER_P:
+            b_d = tl.load(D + i_h * P + o_p, mask=m_p, other=0.0).to(tl.float32)
+            b_dx += b_dyf * b_d[None, :]
+            tl.atomic_add(DD + i_h * P + o_p, tl.sum(b_dyf * b_x.to(tl.float32), axis=0), mask=m_p)
+        else:
+            b_dx += b_dyf * tl.load(D + i_h).to(tl.float32)
+            tl.atomic_add(DD + i_h, tl.sum(tl.sum(b_dyf * b_x.to(tl.float32), axis=1), axis=0))
+
+    p_dx = DX + i_b64 * s_xb + o_tb[:, None].to(tl.int64) * s_xl + i_h * s_xh + o_p[None, :] * s_xp
+    tl.store(p_dx, b_dx.to(DX.dtype.element_ty), mask=m_bp)
+    # dB, dC: (batch, L, G, N) fp32, summed over the group's heads
     p_db = DB + i_b64 * s_gb + o_tb[:, None].to(tl.int64) * s_gl + i_g * s_gg + o_n[None, :] * s_gn
-    if ATOMIC:
-        tl.atomic_add(p_db, b_db, mask=m_bn)
-    else:
-        tl.store(p_db, b_db, mask=m_bn)
+    tl.atomic_add(p_db, b_db, mask=m_bn)
+    p_dc = DC + i_b64 * s_gb + o_tb[:, None].to(tl.int64) * s_gl + i_g * s_gg + o_n[None, :] * s_gn
+    tl.atomic_add(p_dc, b_dc, mask=m_bn)
+    o_buf = buf0 + i_qb * BLOCK_Q + o_i
+    tl.store(DDT + o_buf, b_ddt)
+    tl.store(DCUM_T + o_buf, b_dcum_t)
+    tl.store(DCUM_S + o_buf, b_dcum_s)
 
 
 # Launch settings of the backward; BLOCK_Q must divide the chunk size (tests shrink it so that a
@@ -310,7 +252,7 @@ def _chunk_bwd_s_kernel(
 # former kernel) 0.140 / 0.297 / 0.737; the one-chunk prefetch at block 1024 0.059 / 0.058 / 0.138,
 # at block 512 0.060 / 0.056 / 0.125 (adding the compiler's 2-stage pipeline: no change).
 BWD_CFG = {"BLOCK_Q": 64, "BLOCK_Q_wide_state": 64, "chunk_bwd_warps": 8,
-           "pass_block": 512, "pass_warps": 4, "heads_per_program": 1}
+           "pass_block": 512, "pass_warps": 4}
 
 
 def ssd_bwd(dy, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, seg, saved, dfinal):
@@ -333,9 +275,8 @@ def ssd_bwd(dy, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, seg, sav
     hpg = nheads // ngroups
     dy = dy.contiguous()
     dz = None
-    cb = chunk_cb(B, C, Q)  # C_t · B_s in each chunk, shared by the group's heads
     if z is not None:  # the gate: recompute the ungated output (one chunk-out pass, not stored)
-        y_pre = chunk_out(x, B, C, None, D, seg, (dt_buf, cum_buf, states), Q, cb)
+        y_pre = chunk_out(x, B, C, None, D, seg, (dt_buf, cum_buf, states), Q)
         zf = z.float()
         sig = torch.sigmoid(zf)
         dyf = dy.float()
@@ -360,34 +301,22 @@ def ssd_bwd(dy, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, seg, sav
         BLOCK=block, HAS_DFINAL=dfin is not None, num_warps=BWD_CFG["pass_warps"],
     )
     dx = torch.empty_like(x)
-    # heads per program: the largest divisor of the group's heads up to the configured count
-    hs = max(d for d in range(1, min(hpg, BWD_CFG["heads_per_program"]) + 1) if hpg % d == 0)
-    nsplit = hpg // hs
-    alloc = torch.zeros if nsplit > 1 else torch.empty  # atomics add into zeros; else one store
-    dB = alloc(batch, seqlen, ngroups, dstate, device=dev, dtype=f32)
-    dC = alloc(batch, seqlen, ngroups, dstate, device=dev, dtype=f32)
+    dB = torch.zeros(batch, seqlen, ngroups, dstate, device=dev, dtype=f32)
+    dC = torch.zeros_like(dB)
     dD = torch.zeros(D.shape, device=dev, dtype=f32) if D is not None else None
     ddt_e = torch.empty_like(dt_buf)
     dcum_t = torch.empty_like(dt_buf)
     dcum_s = torch.empty_like(dt_buf)
     dcum_end = ddecay.sum(-1)  # (batch·H, nc); the kernel adds the carried-out terms
-    grid = (nc * (Q // block_q), batch * ngroups * nsplit)
-    common = dict(P=headdim, N=dstate, Q=Q, BLOCK_Q=block_q, BLOCK_P=bp, BLOCK_N=bn, HS=hs,
-                  HAS_SEG=seg is not None, ATOMIC=nsplit > 1, PREC=prec, F32=INTERPRET,
-                  num_warps=warps(BWD_CFG["chunk_bwd_warps"], headdim, dstate))
-    _chunk_bwd_q_kernel[grid](
-        x, C, dy, cb, seg, dt_buf, cum_buf, states, dC, dcum_t,
-        seqlen, nc, nheads, hpg, nsplit,
-        *x.stride(), *C.stride(), *dy.stride(), *dC.stride(), B, *B.stride(), **common,
-    )
-    _chunk_bwd_s_kernel[grid](
-        x, B, C, dy, cb, D, seg, dt_buf, cum_buf, suf_buf, dstates,
-        dx, dB, dD, ddt_e, dcum_s, dcum_end,
-        seqlen, nc, nheads, hpg, nsplit,
+    _chunk_bwd_kernel[(nc * (Q // block_q), batch * nheads)](
+        x, B, C, dy, D, seg, dt_buf, cum_buf, suf_buf, states, dstates,
+        dx, dB, dC, dD, ddt_e, dcum_t, dcum_s, dcum_end,
+        seqlen, nc, nheads, hpg,
         *x.stride(), *B.stride(), *C.stride(), *dy.stride(), *dB.stride(),
-        HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, **common,
+        P=headdim, N=dstate, Q=Q, BLOCK_Q=block_q, BLOCK_P=bp, BLOCK_N=bn,
+        HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_SEG=seg is not None,
+        PREC=prec, F32=INTERPRET, num_warps=warps(BWD_CFG["chunk_bwd_warps"], headdim, dstate),
     )
-    del cb
     # dcum -> d(dt·A): cum is an inclusive cumsum inside the chunk, cum_end its last entry. In
     # float64 (one value per token and head, ~1/P of x's size): the reverse cumsum and dA's sum
     # over every token cancel terms of opposite sign, which costs fp32 ~1e-5 of relative error

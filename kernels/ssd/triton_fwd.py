@@ -1,4 +1,4 @@
-"""Mamba-2 SSD forward in Triton: four launches (mamba_ssm uses five).
+"""Mamba-2 SSD forward in Triton: three launches (mamba_ssm uses five).
 
 1. _chunk_state:  per (chunk, batch·head): dt (bias, softplus), cum = cumsum(dt·A) in registers;
                   writes dt, cum and cum_end − cum as a suffix sum (fp32, tiny) and the chunk's
@@ -6,9 +6,7 @@
                   (Q, N) dot.
 2. _state_pass:   per (batch·head, block of P·N): walks the chunks in order, overwriting each
                   chunk's local state with the state entering it; writes the final state.
-3. _chunk_cb:     per (chunk, block pair, batch·group): C_i B_jᵀ (Q, Q) fp32, shared by the
-                  group's heads (they would each compute it otherwise).
-4. _chunk_out:    per (query block of BLOCK_Q rows, batch·head): y = exp(cum_i)·C_i·S_in
+3. _chunk_out:    per (query block of BLOCK_Q rows, batch·head): y = exp(cum_i)·C_i·S_in
                   + Σ_{j ≤ i} (C_i B_jᵀ ∘ exp(cum_i − cum_j) ∘ dt_j) x_j + D·x_i, then ·silu(z).
 seq_idx arrives as a document counter per row (reference.segment_ids): decays across a boundary
 are masked to exactly zero, and the carried state only reaches tokens of the document it
@@ -127,52 +125,10 @@ def _state_pass_kernel(
 
 
 @triton.jit
-def _chunk_cb_kernel(
-    B, C, CB, L, NC, G,
-    s_bb, s_bl, s_bg, s_bn, s_cb, s_cl, s_cg, s_cn,
-    N: tl.constexpr, Q: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
-    PREC: tl.constexpr, F32: tl.constexpr,
-):
-    """CB[b, g, c] = C_t · B_s for every t, s of chunk c (Q, Q) fp32: shared by the group's heads."""
-    i_cij, i_bg = tl.program_id(0), tl.program_id(1)
-    n_qb: tl.constexpr = Q // BLOCK_Q
-    i_c, i_i, i_j = i_cij // (n_qb * n_qb), (i_cij // n_qb) % n_qb, i_cij % n_qb
-    i_b, i_g = i_bg // G, i_bg % G
-    i_b64 = i_b.to(tl.int64)
-    o_q = tl.arange(0, BLOCK_Q)
-    o_n = tl.arange(0, BLOCK_N)
-    o_ti = i_c * Q + i_i * BLOCK_Q + o_q
-    o_tj = i_c * Q + i_j * BLOCK_Q + o_q
-    p_c = C + i_b64 * s_cb + o_ti[:, None].to(tl.int64) * s_cl + i_g * s_cg + o_n[None, :] * s_cn
-    b_c = tl.load(p_c, mask=(o_ti[:, None] < L) & (o_n[None, :] < N), other=0.0)  # (BQ, N)
-    p_b = B + i_b64 * s_bb + o_tj[None, :].to(tl.int64) * s_bl + i_g * s_bg + o_n[:, None] * s_bn
-    b_bt = tl.load(p_b, mask=(o_tj[None, :] < L) & (o_n[:, None] < N), other=0.0)  # (N, BQ)
-    b_cb = _dot(b_c, b_bt, PREC, F32)
-    p_cb = CB + ((i_bg.to(tl.int64) * NC + i_c) * Q + i_i * BLOCK_Q + o_q[:, None]) * Q + i_j * BLOCK_Q + o_q[None, :]
-    tl.store(p_cb, b_cb)
-
-
-def chunk_cb(B, C, Q):
-    """(batch·G, nc, Q, Q) fp32: C_t · B_s inside each chunk, every block (masking is the user's);
-    one small launch, so the heads of a group share it instead of each computing it."""
-    batch, seqlen, ngroups, dstate = B.shape
-    nc = triton.cdiv(seqlen, Q)
-    cb = torch.empty(batch * ngroups, nc, Q, Q, device=B.device, dtype=torch.float32)
-    block_q = min(64, Q)
-    n_qb = Q // block_q
-    _chunk_cb_kernel[(nc * n_qb * n_qb, batch * ngroups)](
-        B, C, cb, seqlen, nc, ngroups, *B.stride(), *C.stride(),
-        N=dstate, Q=Q, BLOCK_Q=block_q, BLOCK_N=tile_widths(64, dstate)[1],
-        PREC=_prec(B), F32=INTERPRET, num_warps=4,
-    )
-    return cb
-
-
-@triton.jit
 def _chunk_out_kernel(
-    X, CB, C, Z, D, SEG, DT_BUF, CUM_BUF, STATES, Y,
+    X, B, C, Z, D, SEG, DT_BUF, CUM_BUF, STATES, Y,
     L, NC, H, HPG,
-    s_xb, s_xl, s_xh, s_xp, s_cb, s_cl, s_cg, s_cn,
+    s_xb, s_xl, s_xh, s_xp, s_bb, s_bl, s_bg, s_bn, s_cb, s_cl, s_cg, s_cn,
     s_zb, s_zl, s_zh, s_zp, s_yb, s_yl, s_yh, s_yp,
     P: tl.constexpr, N: tl.constexpr, Q: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -205,14 +161,15 @@ def _chunk_out_kernel(
         seg_prev = tl.load(SEG + i_b64 * L + i_c * Q - 1, mask=i_c > 0, other=0)
         b_decay_in = tl.where(b_seg_i == seg_prev, b_decay_in, 0.0)
     b_acc = b_acc * b_decay_in[:, None]
-    p_cb = CB + (((i_b * (H // HPG) + i_g).to(tl.int64) * NC + i_c) * Q + i_qb * BLOCK_Q + o_i[:, None]) * Q + o_i[None, :]
     # in-chunk part, source blocks j <= i
     for i_jb in range(0, i_qb + 1):
         o_tj = i_c * Q + i_jb * BLOCK_Q + o_i
         m_tj = o_tj < L
         b_cum_j = tl.load(CUM_BUF + buf0 + i_jb * BLOCK_Q + o_i)
         b_dt_j = tl.load(DT_BUF + buf0 + i_jb * BLOCK_Q + o_i)
-        b_cb = tl.load(p_cb + i_jb * BLOCK_Q)  # (BQ, BQ) = C_t · B_s
+        p_b = B + i_b64 * s_bb + o_tj[None, :].to(tl.int64) * s_bl + i_g * s_bg + o_n[:, None] * s_bn
+        b_bt = tl.load(p_b, mask=m_tj[None, :] & m_n[:, None], other=0.0)  # (N, BQ)
+        b_cb = _dot(b_c, b_bt, PREC, F32)  # (BQ, BQ)
         m_ij = o_ti[:, None] >= o_tj[None, :]
         if HAS_SEG:
             b_seg_j = tl.load(SEG + i_b64 * L + o_tj, mask=m_tj, other=-2)
@@ -273,10 +230,13 @@ def warps(default: int, headdim: int, dstate: int) -> int:
 # launch) 0.131 / 0.202 / 0.789; block 256, 2 warps, 3 stages 0.041 / 0.040 / 0.080 (~3.4 TB/s at
 # 1x32768); 2 stages 0.041 / 0.043 / 0.101; a hand-written one-chunk prefetch 0.049 / 0.043 / 0.095.
 PASS_CFG = {"block": 256, "warps": 2, "stages": 3}
-# _chunk_state_kernel's launch: the chunk's tokens in slices of `sub` (a pipelined loop of
-# `stages`; sub >= chunk size is the former one-shot kernel, 0.099 ms at 8x2048 on an H200,
-# 2026-12-03); warps None: 8 at chunk >= 128, else 4. Not yet measured.
-STATE_CFG = {"sub": 256, "stages": 1, "warps": None}
+# _chunk_state_kernel's launch: the chunk's tokens in slices of `sub` in a loop the compiler
+# pipelines over `stages`; warps None: 8 at chunk >= 128, else 4. H200, 2026-12-03
+# (.carry/ab_bwd.py, whole forward, ms at 8x2048 / 2x8192 / 1x32768, on the shared-CB forward
+# measured then): one shot (sub 256, 8 warps) 0.385 / 0.385 / 0.786; sub 64, 2 stages 0.347 /
+# 0.346 / 0.714; sub 64, 3 stages, 4 warps 0.335 / 0.335 / 0.690; sub 128, 2 stages, 4 warps
+# 0.345 / 0.345 / 0.711.
+STATE_CFG = {"sub": 64, "stages": 3, "warps": 4}
 
 
 def _prec(x):
@@ -325,23 +285,21 @@ def ssd_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_stat
     return y, final
 
 
-def chunk_out(x, B, C, z, D, seg, bufs, Q, cb=None):
+def chunk_out(x, B, C, z, D, seg, bufs, Q):
     """Launch _chunk_out_kernel: the output from the chunk buffers (dt, cum, states entering each
-    chunk) that _chunk_state and _state_pass left; z=None gives the ungated output; cb: chunk_cb's
-    result when the caller has it."""
+    chunk) that _chunk_state and _state_pass left; z=None gives the ungated output."""
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     nc = triton.cdiv(seqlen, Q)
     dt_buf, cum_buf, states = bufs
-    cb = chunk_cb(B, C, Q) if cb is None else cb
     bp, bn = tile_widths(headdim, dstate)
     y = torch.empty_like(x)
     block_q = min(64, Q)
     zs = z.stride() if z is not None else (0, 0, 0, 0)
     _chunk_out_kernel[(nc * (Q // block_q), batch * nheads)](
-        x, cb, C, z, D, seg, dt_buf, cum_buf, states, y,
+        x, B, C, z, D, seg, dt_buf, cum_buf, states, y,
         seqlen, nc, nheads, nheads // ngroups,
-        *x.stride(), *C.stride(), *zs, *y.stride(),
+        *x.stride(), *B.stride(), *C.stride(), *zs, *y.stride(),
         P=headdim, N=dstate, Q=Q, BLOCK_Q=block_q, BLOCK_P=bp, BLOCK_N=bn,
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None,
         HAS_SEG=seg is not None, PREC=_prec(x), F32=INTERPRET, num_warps=warps(4, headdim, dstate),
