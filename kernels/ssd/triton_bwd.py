@@ -149,12 +149,12 @@ def _chunk_bwd_kernel(
     b_decay_out = tl.where(m_tb, b_decay_out, 0.0)
 
     # -- the block as queries: Y_t's gradient w.r.t. C_t and cum_t ---------------------------
-    # carried-in state: Y_off_t = e^{cum_t} S C_t, so dC_t = e^{cum_t} dY_t S and
-    # d cum_t = <C_t, dC_t> (one dot for both); S (P, N) loaded once, cast to the dot dtype
+    # carried-in state: Y_off_t = e^{cum_t} S C_t; S (P, N) loaded once, cast to the dot dtype
     p_s = STATES + o_s0 + o_p[:, None] * N + o_n[None, :]
-    b_s = tl.load(p_s, mask=m_p[:, None] & m_n[None, :], other=0.0).to(b_dy.dtype)  # (P, N)
-    b_dc = _dot(b_dy, b_s, PREC, F32) * b_decay_in[:, None]  # (BQ, N)
-    b_dcum_t = tl.sum(b_dc * b_c.to(tl.float32), axis=1)
+    b_s = tl.load(p_s, mask=m_p[:, None] & m_n[None, :], other=0.0).to(b_c.dtype)  # (P, N)
+    b_cs = _dot(b_c, tl.trans(b_s), PREC, F32)  # (BQ, P) = C_t S^T
+    b_dcum_t = b_decay_in * tl.sum(b_dy.to(tl.float32) * b_cs, axis=1)
+    b_dc = _dot(b_dy, b_s.to(b_dy.dtype), PREC, F32) * b_decay_in[:, None]  # (BQ, N)
     for i_jb in range(0, i_qb + 1):  # source blocks s <= t
         o_tj = i_c * Q + i_jb * BLOCK_Q + o_i
         m_tj = o_tj < L
