@@ -164,10 +164,6 @@ def test_ssd_backward_matches_reference(monkeypatch, dtype, seqlen, groups, with
     """Every gradient (x, dt, A, B, C, D, z, dt_bias, initial_state) of y and of the final state,
     through the Triton backward, against autograd through the float64 reference; with_state adds
     seq_idx (several documents per row), an initial state, the z gate and per-channel D."""
-    check_backward(monkeypatch, dtype, seqlen, groups, with_state)
-
-
-def check_backward(monkeypatch, dtype, seqlen, groups, with_state):
     monkeypatch.setenv("BYTELM_SSD_BWD", "triton")
     monkeypatch.setitem(triton_bwd.BWD_CFG, "BLOCK_Q", BWD_BLOCK)
     vals = inputs(2, seqlen, groups, dtype, with_state, with_z=with_state, d_per_p=groups == 2,
