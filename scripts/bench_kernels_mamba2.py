@@ -233,7 +233,7 @@ def ssd_rows(anchor, shapes=((8, 2048), (2, 8192), (1, 32768)), H=32, P=64, N=12
 
 
 # backward launch variants timed beside the default (triton_bwd.BWD_CFG overrides)
-SSD_BWD_VARIANTS = ({"chunk_bwd_warps": 4},)
+SSD_BWD_VARIANTS = ({"chunk_bwd_warps": 4}, {"rect_dA": True})
 
 
 def _ssd_bwd_variants(ours_fb, leaves, shape, a_fb):

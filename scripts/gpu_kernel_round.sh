@@ -18,8 +18,9 @@
 # models: bench_models.py (one training step of every base preset and anchor);
 # profile: profile_kernels.py (CUDA time per launched kernel of each op's training step).
 # pending: the SSD backward and synthetic-shape tests alone (the backward's dA missed 1e-5 on the
-#         GPU, kernels/NOTES.md, top; they need more than 270 s there, mostly compiles), Nsight
-#         Compute on the SSD chunk backward, and the last 40 % of the selective-scan tests.
+#         GPU, kernels/NOTES.md, top; they need more than 270 s there, mostly compiles), the
+#         rect_dA check and timing, Nsight Compute on the SSD chunk backward, and the last 40 %
+#         of the selective-scan tests.
 # Env: PYTEST_S (300), NCU_S (240), CHECK_S (60), LOSS_S (200), SWEEP_S (200), BENCH1_S (60), BENCH2_S (240),
 #      MODELS_S (200), PROFILE_S (150): each step's limit in seconds; SWEEP_PARTS (bwd31,bwd3);
 #      LOSS_REF: a folder holding an earlier round's loss_ref.json and loss_ref.metrics.jsonl
@@ -101,6 +102,10 @@ models() {
 pending() {
   step pytest_ssd_bwd "${PYTEST_S:-300}" python3 -m pytest -q -rf -o addopts="" tests/test_ssd_triton.py \
     -k "backward_matches or synthetic_models"
+  # BWD_CFG["rect_dA"] (the precise d(dt·A), opt-in until checked here): the float64 check at
+  # chunk 256, then the SSD table, which times it beside the default (SSD_BWD_VARIANTS)
+  step pytest_ssd_rect "${PYTEST_S:-300}" python3 -m pytest -q -rf -o addopts="" tests/test_ssd_triton.py -k rectangle
+  step bench_ssd "${BENCH2_S:-240}" python3 scripts/bench_kernels_mamba2.py --ssd-only
   # why _chunk_bwd_kernel runs at ~80 TFLOP/s (kernels/NOTES.md, 2026-12-03 fourth session): its
   # stall reasons and occupancy at 8 x 2048 (the first launch is bytelm's fwd+bwd at that shape)
   TAIL=80 step ncu_chunk_bwd "${NCU_S:-240}" /usr/local/cuda/bin/ncu --kernel-name regex:_chunk_bwd_kernel \

@@ -287,3 +287,31 @@ def test_ssd_final_state_keeps_fp32_precision_over_a_long_chunk(monkeypatch):
     assert rel_err(y, yr) <= 1e-5 and rel_err(fs, fr) <= 1e-5, (rel_err(y, yr), rel_err(fs, fr))
     for name, a, b in zip(names, got, want):
         assert rel_err(a, b) <= 1e-5, (name, rel_err(a, b))
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+def test_ssd_rectangle_sum_keeps_da_precise_over_a_long_chunk(monkeypatch, with_state):
+    """BWD_CFG["rect_dA"]: the in-chunk part of d(dt·A)_u summed over its rectangle t >= u > s,
+    not as a reverse cumsum of fp32 row sums minus column sums, and the carried-out terms' chunk
+    total summed in float64, not by fp32 atomics. At chunk 256 (interpreter, 2 heads, fp32, this
+    loss) the old form left dA 2.1e-5 / 2.7e-5 and dt_bias 2.8e-5 / 1.7e-5 off float64 (without /
+    with documents, initial state and z); this one 5.8e-8 / 7.7e-7 and 6.3e-7 / 5.0e-7. Every
+    other gradient is checked as well."""
+    monkeypatch.setenv("BYTELM_SSD_BWD", "triton")
+    monkeypatch.setitem(triton_bwd.BWD_CFG, "rect_dA", True)
+    shape = dict(heads=2, headdim=64, dstate=128, chunk=256)
+    vals = inputs(2, 1000, 1, torch.float32, with_state, with_z=with_state, d_per_p=False,
+                  seed=1001, shape=shape)
+    seq_idx = vals[9]
+    names = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")
+
+    def run(fn, cast):
+        leaves = [None if v is None else cast(v).clone().requires_grad_() for v in vals[:9]]
+        y, fs = fn(*leaves[:5], 256, *leaves[5:8], True, leaves[8], seq_idx, True)
+        (y.double().sum() + fs.double().square().sum()).backward()
+        return {n: leaf.grad for n, leaf in zip(names, leaves) if leaf is not None}
+
+    got, want = run(ssd, lambda t: t), run(ssd_ref, lambda t: t.double())
+    for name in want:
+        tol = 2e-6 if name in ("A", "dt_bias") else 1e-5
+        assert rel_err(got[name], want[name]) <= tol, (name, rel_err(got[name], want[name]))

@@ -101,13 +101,13 @@ def _dstate_pass_kernel(
 @triton.jit
 def _chunk_bwd_kernel(
     X, B, C, DY, D, SEG, DT_BUF, CUM_BUF, SUF_BUF, STATES, GSTATES,
-    DX, DB, DC, DD, DDT, DCUM_T, DCUM_S, DCUM_END,
+    DX, DB, DC, DD, DDT, DCUM_T, DCUM_S, DCUM_END, RECT,
     L, NC, H, HPG,
     s_xb, s_xl, s_xh, s_xp, s_bb, s_bl, s_bg, s_bn, s_cb, s_cl, s_cg, s_cn,
     s_yb, s_yl, s_yh, s_yp, s_gb, s_gl, s_gg, s_gn,
     P: tl.constexpr, N: tl.constexpr, Q: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_SEG: tl.constexpr,
+    HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_SEG: tl.constexpr, RECT_DA: tl.constexpr,
     PREC: tl.constexpr, F32: tl.constexpr,
 ):
     i_cq, i_bh = tl.program_id(0), tl.program_id(1)
@@ -155,6 +155,7 @@ def _chunk_bwd_kernel(
     b_cs = _dot(b_c, tl.trans(b_s), PREC, F32)  # (BQ, P) = C_t S^T
     b_dcum_t = b_decay_in * tl.sum(b_dy.to(tl.float32) * b_cs, axis=1)
     b_dc = _dot(b_dy, b_s.to(b_dy.dtype), PREC, F32) * b_decay_in[:, None]  # (BQ, N)
+    b_run = tl.zeros([BLOCK_Q], dtype=tl.float32)  # RECT_DA: Σ_s M_ts over the source blocks so far
     for i_jb in range(0, i_qb + 1):  # source blocks s <= t
         o_tj = i_c * Q + i_jb * BLOCK_Q + o_i
         m_tj = o_tj < L
@@ -172,7 +173,18 @@ def _chunk_bwd_kernel(
         b_dyx = _dot(b_dy, b_xjt.to(b_dy.dtype), PREC, F32)  # (BQ_t, BQ_s) = dY_t · x_s
         b_cb = _dot(b_c, tl.trans(b_bj).to(b_c.dtype), PREC, F32)  # (BQ_t, BQ_s) = C_t · B_s
         b_wdx = b_dyx * b_dec * b_dt_j[None, :]
-        b_dcum_t += tl.sum(b_wdx * b_cb, axis=1)
+        b_m = b_wdx * b_cb  # M_ts: d out / d (cum_t - cum_s)
+        if RECT_DA:
+            # d(dt·A)_u gets Σ_{t ≥ u > s} M_ts: for u in block j, the row sums over the earlier
+            # source blocks (b_run) plus the exclusive prefix sum inside block j, summed over
+            # this block's t ≥ u; summed over t-blocks (programs) by the caller
+            b_pre = tl.cumsum(b_m, axis=1) - b_m + b_run[:, None]
+            b_pre = tl.where(o_tb[:, None] >= o_tj[None, :], b_pre, 0.0)
+            p_rect = RECT + ((i_bh.to(tl.int64) * NC + i_c) * n_qb + i_qb) * Q + i_jb * BLOCK_Q + o_i
+            tl.store(p_rect, tl.sum(b_pre, axis=0))
+            b_run += tl.sum(b_m, axis=1)
+        else:
+            b_dcum_t += tl.sum(b_m, axis=1)
         b_dc += _dot(b_wdx.to(b_bj.dtype), b_bj, PREC, F32)
 
     # -- the block as sources: the gradient of every term that reads x_s, B_s, dt_s ----------
@@ -187,7 +199,8 @@ def _chunk_bwd_kernel(
     b_db = b_xg * b_f[:, None]
     b_ddt = b_e
     b_dcum_s = -b_e * b_dt
-    tl.atomic_add(DCUM_END + i_bh.to(tl.int64) * NC + i_c, tl.sum(b_e * b_dt, axis=0))
+    if not RECT_DA:  # else the caller sums -dcum_s (only these terms then) in float64
+        tl.atomic_add(DCUM_END + i_bh.to(tl.int64) * NC + i_c, tl.sum(b_e * b_dt, axis=0))
     for i_ib in range(i_qb, n_qb):  # query blocks t >= s
         o_ti = i_c * Q + i_ib * BLOCK_Q + o_i
         m_ti = o_ti < L
@@ -208,7 +221,8 @@ def _chunk_bwd_kernel(
         b_db += _dot((b_xdy * b_dec * b_dt[:, None]).to(b_ci.dtype), b_ci, PREC, F32)
         b_kx = tl.sum(b_k * b_xdy, axis=1)
         b_ddt += b_kx
-        b_dcum_s -= b_kx * b_dt
+        if not RECT_DA:
+            b_dcum_s -= b_kx * b_dt
     if HAS_D:
         b_dyf = b_dy.to(tl.float32)
         if D_PER_P:
@@ -247,12 +261,19 @@ def _chunk_bwd_kernel(
 # LDL/STL, 32 -> 648 and 180, 16 -> 8 and 4 (as at N = 16). The candidates pass the CPU
 # interpreter, but their GPU check did not finish (the N = 256 compile and float64 reference
 # used the call's time), so the default stays the checked 64.
+# rect_dA: the in-chunk part of d(dt·A)_u summed over its rectangle t >= u > s directly, not as a
+# reverse cumsum of fp32 row sums minus column sums, and the carried-out terms' chunk total in
+# float64, not by fp32 atomics: both cancelled. Interpreter at chunk 256 (2 heads, fp32, L 1000,
+# 2026-12-03): dA 2.1e-5 / 2.7e-5 -> 5.8e-8 / 7.7e-7 off float64, dt_bias 2.8e-5 / 1.7e-5 -> 6.3e-7
+# / 5.0e-7 (without / with documents, initial state, z). sm_90 (compile_check --sass): 255
+# registers + 208 B of spill, 157 KB of shared memory (112 B and 145 KB without). Not yet run on a
+# GPU (checked and timed there first: scripts/gpu_kernel_round.sh pending), so off.
 # pass_block, pass_warps: _dstate_pass_kernel's launch. H200, 2026-12-03 (.carry/sp_exp.py, the
 # kernel alone, ms at 8x2048 / 2x8192 / 1x32768): block 1024, 4 warps, one chunk in flight (the
 # former kernel) 0.140 / 0.297 / 0.737; the one-chunk prefetch at block 1024 0.059 / 0.058 / 0.138,
 # at block 512 0.060 / 0.056 / 0.125 (adding the compiler's 2-stage pipeline: no change).
 BWD_CFG = {"BLOCK_Q": 64, "BLOCK_Q_wide_state": 64, "chunk_bwd_warps": 8,
-           "pass_block": 512, "pass_warps": 4}
+           "pass_block": 512, "pass_warps": 4, "rect_dA": False}
 
 
 def ssd_bwd(dy, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, seg, saved, dfinal):
@@ -308,13 +329,17 @@ def ssd_bwd(dy, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, seg, sav
     dcum_t = torch.empty_like(dt_buf)
     dcum_s = torch.empty_like(dt_buf)
     dcum_end = ddecay.sum(-1)  # (batch·H, nc); the kernel adds the carried-out terms
+    rect = BWD_CFG["rect_dA"]
+    # rect_dA: the in-chunk part of d(dt·A)_u as Σ_{t ≥ u > s} M_ts, one partial per query block
+    rect_parts = torch.zeros(batch * nheads, nc, Q // block_q, Q, device=dev, dtype=f32) if rect else None
     _chunk_bwd_kernel[(nc * (Q // block_q), batch * nheads)](
         x, B, C, dy, D, seg, dt_buf, cum_buf, suf_buf, states, dstates,
-        dx, dB, dC, dD, ddt_e, dcum_t, dcum_s, dcum_end,
+        dx, dB, dC, dD, ddt_e, dcum_t, dcum_s, dcum_end, rect_parts,
         seqlen, nc, nheads, hpg,
         *x.stride(), *B.stride(), *C.stride(), *dy.stride(), *dB.stride(),
         P=headdim, N=dstate, Q=Q, BLOCK_Q=block_q, BLOCK_P=bp, BLOCK_N=bn,
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_SEG=seg is not None,
+        RECT_DA=rect,
         PREC=prec, F32=INTERPRET, num_warps=warps(BWD_CFG["chunk_bwd_warps"], headdim, dstate),
     )
     # dcum -> d(dt·A): cum is an inclusive cumsum inside the chunk, cum_end its last entry. In
@@ -322,7 +347,12 @@ def ssd_bwd(dy, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, seg, sav
     # over every token cancel terms of opposite sign, which costs fp32 ~1e-5 of relative error
     dcum = dcum_t.double() + dcum_s
     dcum[:, :, -1] += dcum_end
+    if rect:  # the carried-out terms' total, which the kernel left to this float64 sum: as an fp32
+        # atomic sum it cancelled against their suffix sums below (dA ~2e-5 off through dfinal)
+        dcum[:, :, -1] -= dcum_s.double().sum(-1)
     d_dta = dcum.flip(-1).cumsum(-1).flip(-1)  # (batch·H, nc, Q)
+    if rect:  # the kernel left the in-chunk M terms out of dcum_t / dcum_s
+        d_dta += rect_parts.double().sum(2)
     ddt_eff = (ddt_e + d_dta * A.double().repeat(batch)[:, None, None]).float()
     dA = (d_dta * dt_buf).view(batch, nheads, -1).sum((0, 2)).float()  # padded steps have dt = 0
 
