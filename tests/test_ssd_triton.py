@@ -267,8 +267,7 @@ def test_ssd_final_state_keeps_fp32_precision_over_a_long_chunk(monkeypatch):
     """At chunk 256 (the GPU default; run here in the interpreter too, 2 heads) cum = cumsum(dt·A)
     reaches ~-100 inside a chunk, and e^{cum_end − cum} taken as a difference of two such numbers
     lost ~|cum|·eps: the final state was 2.9e-5 off. The kernels take it as a suffix sum (1e-7).
-    dA and ddt_bias are not checked here: their sums over every token still lose up to ~1e-4 in
-    fp32 at these decays (kernels/NOTES.md, open)."""
+    dA and ddt_bias are checked at this shape by the rectangle-sum test below."""
     monkeypatch.setenv("BYTELM_SSD_BWD", "triton")
     shape = dict(heads=2, headdim=64, dstate=128, chunk=256)
     vals = inputs(2, 1000, 1, torch.float32, True, with_z=True, d_per_p=False, seed=1001, shape=shape)
@@ -296,7 +295,8 @@ def test_ssd_rectangle_sum_keeps_da_precise_over_a_long_chunk(monkeypatch, with_
     total summed in float64, not by fp32 atomics. At chunk 256 (interpreter, 2 heads, fp32, this
     loss) the old form left dA 2.1e-5 / 2.7e-5 and dt_bias 2.8e-5 / 1.7e-5 off float64 (without /
     with documents, initial state and z); this one 5.8e-8 / 7.7e-7 and 6.3e-7 / 5.0e-7. Every
-    other gradient is checked as well."""
+    other gradient is checked as well. The flag is the default (its GPU check, 2026-12-04, in
+    kernels/NOTES.md); the test sets it so that it keeps testing the rectangle sum."""
     monkeypatch.setenv("BYTELM_SSD_BWD", "triton")
     monkeypatch.setitem(triton_bwd.BWD_CFG, "rect_dA", True)
     shape = dict(heads=2, headdim=64, dstate=128, chunk=256)
@@ -315,3 +315,20 @@ def test_ssd_rectangle_sum_keeps_da_precise_over_a_long_chunk(monkeypatch, with_
     for name in want:
         tol = 2e-6 if name in ("A", "dt_bias") else 1e-5
         assert rel_err(got[name], want[name]) <= tol, (name, rel_err(got[name], want[name]))
+
+
+def test_grad_errors_script_prints_every_gradient():
+    """scripts/ssd_grad_errors.py (the GPU precision check): one case per flag, every gradient
+    on its line, exit 0 when all are within the test's tolerance."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, str(root / "scripts" / "ssd_grad_errors.py"), "--cases", "5"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = [line for line in res.stdout.splitlines() if "case 5" in line]
+    assert len(lines) == 2 and all("OK" in line for line in lines), res.stdout
+    for name in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state"):
+        assert f" {name} " in lines[0], name

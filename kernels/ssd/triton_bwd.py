@@ -14,7 +14,8 @@ dY the gradient of the ungated output. The forward is
                   the explicit ddt and the column sums of dcum, looping over query blocks t ≥ s),
                   plus the carried-in state (S_c) and carried-out state (G_c+1) terms and D.
                   dB and dC are summed over the heads of a group with fp32 atomic adds.
-Then torch: dcum -> d(dt·A) by a reverse cumsum inside each chunk, ddt, dA, and the dt_bias /
+Then torch, in float64: d(dt·A) from the kernel's rectangle sums (BWD_CFG["rect_dA"]) and the
+reverse cumsum of the carried-state terms inside each chunk, then ddt, dA and the dt_bias /
 softplus chain. seq_idx masks exactly the terms the forward masks.
 
 Status: checked against the float64 reference in the CPU interpreter and at real shapes on an
@@ -266,14 +267,17 @@ def _chunk_bwd_kernel(
 # float64, not by fp32 atomics: both cancelled. Interpreter at chunk 256 (2 heads, fp32, L 1000,
 # 2026-12-03): dA 2.1e-5 / 2.7e-5 -> 5.8e-8 / 7.7e-7 off float64, dt_bias 2.8e-5 / 1.7e-5 -> 6.3e-7
 # / 5.0e-7 (without / with documents, initial state, z). sm_90 (compile_check --sass): 255
-# registers + 208 B of spill, 157 KB of shared memory (112 B and 145 KB without). Not yet run on a
-# GPU (checked and timed there first: scripts/gpu_kernel_round.sh pending), so off.
+# registers + 208 B of spill, 157 KB of shared memory (112 B and 145 KB without). The default since
+# its GPU check (H200, 2026-12-04, scripts/ssd_grad_errors.py at the test's shapes: every fp32
+# gradient of the 6 cases within 3.7e-6 of float64, dA 6.8e-7 / 1.3e-6 / 3.7e-6 at L 1000, where
+# the old form missed 1e-5 with 1.1e-5 / 1.2e-5 / 1.2e-5); it costs ~6 % of fwd+bwd (2026-12-03:
+# 2.667 against 2.516 ms at 8x2048).
 # pass_block, pass_warps: _dstate_pass_kernel's launch. H200, 2026-12-03 (.carry/sp_exp.py, the
 # kernel alone, ms at 8x2048 / 2x8192 / 1x32768): block 1024, 4 warps, one chunk in flight (the
 # former kernel) 0.140 / 0.297 / 0.737; the one-chunk prefetch at block 1024 0.059 / 0.058 / 0.138,
 # at block 512 0.060 / 0.056 / 0.125 (adding the compiler's 2-stage pipeline: no change).
 BWD_CFG = {"BLOCK_Q": 64, "BLOCK_Q_wide_state": 64, "chunk_bwd_warps": 8,
-           "pass_block": 512, "pass_warps": 4, "rect_dA": False}
+           "pass_block": 512, "pass_warps": 4, "rect_dA": True}
 
 
 def ssd_bwd(dy, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, seg, saved, dfinal):
