@@ -232,8 +232,11 @@ def ssd_rows(anchor, shapes=((8, 2048), (2, 8192), (1, 32768)), H=32, P=64, N=12
     return out
 
 
-# backward launch variants timed beside the default (triton_bwd.BWD_CFG overrides)
-SSD_BWD_VARIANTS = ({"chunk_bwd_warps": 4}, {"rect_dA": True})
+# backward launch variants timed beside the default (triton_bwd.BWD_CFG overrides): the old
+# d(dt·A) (rect_dA off, the cost of the precise one) and 32-token blocks, whose 90 KB of shared
+# memory (157 KB at 64; compile_check --sass, sm_90) let two 4-warp programs share an SM
+SSD_BWD_VARIANTS = ({"rect_dA": False}, {"BLOCK_Q": 32, "chunk_bwd_warps": 4},
+                    {"BLOCK_Q": 32, "chunk_bwd_warps": 8})
 
 
 def _ssd_bwd_variants(ours_fb, leaves, shape, a_fb):

@@ -17,11 +17,12 @@
 #         GPU to itself;
 # models: bench_models.py (one training step of every base preset and anchor);
 # profile: profile_kernels.py (CUDA time per launched kernel of each op's training step).
-# pending: the SSD backward and synthetic-shape tests alone (the backward's dA missed 1e-5 on the
-#         GPU, kernels/NOTES.md, top; they need more than 270 s there, mostly compiles), the
-#         rect_dA check and timing, Nsight Compute on the SSD chunk backward, and the last 40 %
-#         of the selective-scan tests.
-# Env: PYTEST_S (300), NCU_S (240), CHECK_S (60), LOSS_S (200), SWEEP_S (200), BENCH1_S (60), BENCH2_S (240),
+# pending: every SSD gradient's error against float64 at the backward test's shapes
+#         (scripts/ssd_grad_errors.py), the d_state-256 BLOCK_Q 32 / 16 candidates at the synthetic
+#         models' shapes (not yet run on a GPU: they need more than 120 s each there, mostly
+#         compiles), the SSD table (its backward variants included), and the last 40 % of the
+#         selective-scan tests.
+# Env: PYTEST_S (300), CHECK_S (60), LOSS_S (200), SWEEP_S (200), BENCH1_S (60), BENCH2_S (240),
 #      MODELS_S (200), PROFILE_S (150): each step's limit in seconds; SWEEP_PARTS (bwd31,bwd3);
 #      LOSS_REF: a folder holding an earlier round's loss_ref.json and loss_ref.metrics.jsonl
 #      (the reference ops do not change), to run only the Triton side; PYTEST_K: a -k filter
@@ -100,17 +101,10 @@ models() {
   step bench_models "${MODELS_S:-200}" python3 scripts/bench_models.py --anchor-src .carry/mamba_ssm_src
 }
 pending() {
-  step pytest_ssd_bwd "${PYTEST_S:-300}" python3 -m pytest -q -rf -o addopts="" tests/test_ssd_triton.py \
-    -k "backward_matches or synthetic_models"
-  # BWD_CFG["rect_dA"] (the precise d(dt·A), opt-in until checked here): the float64 check at
-  # chunk 256, then the SSD table, which times it beside the default (SSD_BWD_VARIANTS)
-  step pytest_ssd_rect "${PYTEST_S:-300}" python3 -m pytest -q -rf -o addopts="" tests/test_ssd_triton.py -k rectangle
+  step grad_errors "${PYTEST_S:-300}" python3 scripts/ssd_grad_errors.py --rect on
+  step pytest_ssd_wide "${PYTEST_S:-300}" python3 -m pytest -q -rf -o addopts="" tests/test_ssd_triton.py \
+    -k "synthetic_models and 256 and not 64"
   step bench_ssd "${BENCH2_S:-240}" python3 scripts/bench_kernels_mamba2.py --ssd-only
-  # why _chunk_bwd_kernel runs at ~80 TFLOP/s (kernels/NOTES.md, 2026-12-03 fourth session): its
-  # stall reasons and occupancy at 8 x 2048 (the first launch is bytelm's fwd+bwd at that shape)
-  TAIL=80 step ncu_chunk_bwd "${NCU_S:-240}" /usr/local/cuda/bin/ncu --kernel-name regex:_chunk_bwd_kernel \
-    --launch-count 1 --section SpeedOfLight --section Occupancy --section WarpStateStats \
-    --section MemoryWorkloadAnalysis python3 scripts/profile_kernels.py --ops ssd --steps 1
   python3 -m pytest --co -q -o addopts="" tests/test_selective_scan_triton.py 2>/dev/null | grep :: >"$LOGDIR/scan_ids.txt"
   local n; n=$(wc -l <"$LOGDIR/scan_ids.txt")
   if [ "$n" -gt 0 ]; then  # the last 40 %: the part the 2026-12-03 rounds did not reach
