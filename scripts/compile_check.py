@@ -144,6 +144,19 @@ def ssd_path(headdim=64, dstate=128, chunk=256, heads=2, batch=2, L=600, dtype=t
         ssd(x, dt, A, B, C, chunk, D, z, bias, True, init, seq_idx)
 
 
+def _with_bwd_cfg(path, **cfg):
+    """Run a path with triton_bwd.BWD_CFG entries overridden."""
+    from bytelm.kernels.ssd import triton_bwd
+
+    saved = dict(triton_bwd.BWD_CFG)
+    triton_bwd.BWD_CFG.update(cfg)
+    try:
+        path()
+    finally:
+        triton_bwd.BWD_CFG.clear()
+        triton_bwd.BWD_CFG.update(saved)
+
+
 def conv_path(version: str, dim=256, L=600, batch=2, width=4, dtype=torch.bfloat16):
     """causal_conv1d forward + backward (channel-last and contiguous x; plain as in the
     benchmark, with a channel-last cotangent; seq_idx and initial state with an L-contiguous
@@ -194,6 +207,7 @@ PATHS = {
     "scan-grouped": lambda: scan_path("grouped", L=4096, batch=1),
     "scan-grouped-fwd2": lambda: scan_path("grouped", fwd="chunked", L=4096, batch=1, G=2),
     "ssd": ssd_path,
+    "ssd-grouped": lambda: _with_bwd_cfg(ssd_path, grouped=True),  # BWD_CFG["grouped"]'s kernels
     # bytelm synth's Mamba-2 (d_model 64): the padded small-tile launches
     "ssd-small": lambda: [ssd_path(32, n, 64, heads=4) for n in (16, 256)],
     "conv": lambda: [conv_path(v) for v in ("v1", "roll")],

@@ -1,12 +1,13 @@
 """Every SSD gradient's relative error against the float64 reference, case by case.
 
-    python scripts/ssd_grad_errors.py [--rect on|off|both] [--cases N,...]
+    python scripts/ssd_grad_errors.py [--rect on|off|both] [--cases N,...] [--cfg KEY=INT ...]
 
 The cases and inputs are those of tests/test_ssd_triton.py::test_ssd_backward_matches_reference
 (GPU: 8 heads, headdim 64, d_state 128, chunk 256; CPU: the interpreter's tiny shapes), run with
 BWD_CFG["rect_dA"] on and/or off. The test stops at the first gradient over its tolerance; this
 prints all of them (one line per case, the worst marked), so a precision change can be read off
-in one run. Exit 1 when any gradient misses the test's tolerance.
+in one run. --cfg sets other triton_bwd.BWD_CFG entries (e.g. --cfg grouped=1). Exit 1 when any
+gradient misses the test's tolerance.
 """
 
 from __future__ import annotations
@@ -66,14 +67,22 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rect", choices=("on", "off", "both"), default="both")
     ap.add_argument("--cases", default="", help="comma-separated case numbers (default: all)")
+    ap.add_argument("--cfg", action="append", default=[], metavar="KEY=INT",
+                    help="a triton_bwd.BWD_CFG entry to set (repeatable)")
     a = ap.parse_args()
+    for item in a.cfg:
+        key, _, val = item.partition("=")
+        if key not in triton_bwd.BWD_CFG or not val.lstrip("-").isdigit():
+            sys.exit(f"--cfg {item!r}: expected KEY=INT with KEY one of {', '.join(triton_bwd.BWD_CFG)}")
+        triton_bwd.BWD_CFG[key] = int(val)
     os.environ["BYTELM_SSD_BWD"] = "triton"
     triton_bwd.BWD_CFG["BLOCK_Q"] = T.BWD_BLOCK
     picked = [int(i) for i in a.cases.split(",") if i] or range(len(CASES))
     ok = True
     for rect in {"on": [True], "off": [False], "both": [False, True]}[a.rect]:
         triton_bwd.BWD_CFG["rect_dA"] = rect
-        print(f"rect_dA {'on' if rect else 'off'} ({T.DEV}, shape {T.SHAPE}, chunk {T.BWD_CHUNK})")
+        extra = "".join(f", {item}" for item in a.cfg)
+        print(f"rect_dA {'on' if rect else 'off'}{extra} ({T.DEV}, shape {T.SHAPE}, chunk {T.BWD_CHUNK})")
         for i in picked:
             dtype, seqlen, groups, with_state = CASES[i]
             errs = case_errors(dtype, seqlen, groups, with_state)

@@ -160,12 +160,17 @@ BWD_CHUNK, BWD_BLOCK = (256, 64) if CUDA else (32, 16)
     (torch.float32, LENGTHS[-1], 2, True), (torch.float32, 2 * BWD_CHUNK + 13, 2, True),
     (torch.bfloat16, LENGTHS[-1], 2, True),
 ])
-def test_ssd_backward_matches_reference(monkeypatch, dtype, seqlen, groups, with_state):
+@pytest.mark.parametrize("grouped", [False, True])
+def test_ssd_backward_matches_reference(monkeypatch, dtype, seqlen, groups, with_state, grouped):
     """Every gradient (x, dt, A, B, C, D, z, dt_bias, initial_state) of y and of the final state,
     through the Triton backward, against autograd through the float64 reference; with_state adds
-    seq_idx (several documents per row), an initial state, the z gate and per-channel D."""
+    seq_idx (several documents per row), an initial state, the z gate and per-channel D. grouped:
+    BWD_CFG["grouped"] (the group kernel + dx kernel), with runs of 2 heads per program (several
+    programs per group)."""
     monkeypatch.setenv("BYTELM_SSD_BWD", "triton")
     monkeypatch.setitem(triton_bwd.BWD_CFG, "BLOCK_Q", BWD_BLOCK)
+    monkeypatch.setitem(triton_bwd.BWD_CFG, "grouped", grouped)
+    monkeypatch.setitem(triton_bwd.BWD_CFG, "group_heads", 2)
     vals = inputs(2, seqlen, groups, dtype, with_state, with_z=with_state, d_per_p=groups == 2,
                   seed=seqlen + groups)
     x, dt, A, B, C, D, z, dt_bias, init, seq_idx = vals
@@ -289,7 +294,8 @@ def test_ssd_final_state_keeps_fp32_precision_over_a_long_chunk(monkeypatch):
 
 
 @pytest.mark.parametrize("with_state", [False, True])
-def test_ssd_rectangle_sum_keeps_da_precise_over_a_long_chunk(monkeypatch, with_state):
+@pytest.mark.parametrize("grouped", [False, True])
+def test_ssd_rectangle_sum_keeps_da_precise_over_a_long_chunk(monkeypatch, with_state, grouped):
     """BWD_CFG["rect_dA"]: the in-chunk part of d(dt·A)_u summed over its rectangle t >= u > s,
     not as a reverse cumsum of fp32 row sums minus column sums, and the carried-out terms' chunk
     total summed in float64, not by fp32 atomics. At chunk 256 (interpreter, 2 heads, fp32, this
@@ -299,6 +305,7 @@ def test_ssd_rectangle_sum_keeps_da_precise_over_a_long_chunk(monkeypatch, with_
     kernels/NOTES.md); the test sets it so that it keeps testing the rectangle sum."""
     monkeypatch.setenv("BYTELM_SSD_BWD", "triton")
     monkeypatch.setitem(triton_bwd.BWD_CFG, "rect_dA", True)
+    monkeypatch.setitem(triton_bwd.BWD_CFG, "grouped", grouped)
     shape = dict(heads=2, headdim=64, dstate=128, chunk=256)
     vals = inputs(2, 1000, 1, torch.float32, with_state, with_z=with_state, d_per_p=False,
                   seed=1001, shape=shape)

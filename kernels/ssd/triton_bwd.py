@@ -16,7 +16,10 @@ dY the gradient of the ungated output. The forward is
                   dB and dC are summed over the heads of a group with fp32 atomic adds.
 Then torch, in float64: d(dt·A) from the kernel's rectangle sums (BWD_CFG["rect_dA"]) and the
 reverse cumsum of the carried-state terms inside each chunk, then ddt, dA and the dt_bias /
-softplus chain. seq_idx masks exactly the terms the forward masks.
+softplus chain.
+BWD_CFG["grouped"] (opt-in) replaces step 3 by a kernel per group and block pair that computes
+C·B^T, dB and dC once for a run of heads, a kernel for dx per head, and a float64 tail kernel for
+d(dt·A) (see BWD_CFG). seq_idx masks exactly the terms the forward masks.
 
 Status: checked against the float64 reference in the CPU interpreter and at real shapes on an
 H200 (tests/test_ssd_triton.py, 2026-12-02); the default training path (BYTELM_SSD_BWD=ref
@@ -97,6 +100,18 @@ def _dstate_pass_kernel(
         tl.store(DDECAY + (i_bh.to(tl.int64) * NC + c) * NK + i_k, b_decay * tl.sum(b_g * b_s, axis=0))
         b_g = b_decay * b_g + b_loc
     tl.store(DINIT + i_bh.to(tl.int64) * PN + o_k, b_g, mask=m_k)
+
+
+@triton.jit
+def _d_skip_bwd(b_dx, b_dy, b_x, D, DD, i_h, o_p, m_p, P: tl.constexpr, D_PER_P: tl.constexpr):
+    """The D skip (y += D·x) of one (tokens, P) tile: returns dx + D·dY; adds Σ dY·x to dD."""
+    b_dyf = b_dy.to(tl.float32)
+    if D_PER_P:
+        b_d = tl.load(D + i_h * P + o_p, mask=m_p, other=0.0).to(tl.float32)
+        tl.atomic_add(DD + i_h * P + o_p, tl.sum(b_dyf * b_x.to(tl.float32), axis=0), mask=m_p)
+        return b_dx + b_dyf * b_d[None, :]
+    tl.atomic_add(DD + i_h, tl.sum(tl.sum(b_dyf * b_x.to(tl.float32), axis=1), axis=0))
+    return b_dx + b_dyf * tl.load(D + i_h).to(tl.float32)
 
 
 @triton.jit
@@ -225,14 +240,7 @@ def _chunk_bwd_kernel(
         if not RECT_DA:
             b_dcum_s -= b_kx * b_dt
     if HAS_D:
-        b_dyf = b_dy.to(tl.float32)
-        if D_PER_P:
-            b_d = tl.load(D + i_h * P + o_p, mask=m_p, other=0.0).to(tl.float32)
-            b_dx += b_dyf * b_d[None, :]
-            tl.atomic_add(DD + i_h * P + o_p, tl.sum(b_dyf * b_x.to(tl.float32), axis=0), mask=m_p)
-        else:
-            b_dx += b_dyf * tl.load(D + i_h).to(tl.float32)
-            tl.atomic_add(DD + i_h, tl.sum(tl.sum(b_dyf * b_x.to(tl.float32), axis=1), axis=0))
+        b_dx = _d_skip_bwd(b_dx, b_dy, b_x, D, DD, i_h, o_p, m_p, P, D_PER_P)
 
     p_dx = DX + i_b64 * s_xb + o_tb[:, None].to(tl.int64) * s_xl + i_h * s_xh + o_p[None, :] * s_xp
     tl.store(p_dx, b_dx.to(DX.dtype.element_ty), mask=m_bp)
@@ -245,6 +253,238 @@ def _chunk_bwd_kernel(
     tl.store(DDT + o_buf, b_ddt)
     tl.store(DCUM_T + o_buf, b_dcum_t)
     tl.store(DCUM_S + o_buf, b_dcum_s)
+
+
+@triton.jit
+def _chunk_bwd_group_kernel(
+    X, B, C, DY, SEG, DT_BUF, CUM_BUF, SUF_BUF, STATES, GSTATES,
+    DB, DC, ROWS, COLS, DIAG, DCUM_T,
+    L, NC, H, HPG, HPP,
+    s_xb, s_xl, s_xh, s_xp, s_bb, s_bl, s_bg, s_bn, s_cb, s_cl, s_cg, s_cn,
+    s_yb, s_yl, s_yh, s_yp, s_gb, s_gl, s_gg, s_gn,
+    P: tl.constexpr, N: tl.constexpr, Q: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, HAS_SEG: tl.constexpr,
+    PREC: tl.constexpr, F32: tl.constexpr,
+):
+    """BWD_CFG["grouped"], part 1: per (chunk, query block i, batch, group, run of HPP heads).
+    C_i·B_j^T once per block pair for the run's heads; per head only dY_i·x_j^T and elementwise
+    work; dcb = Σ_h W_h (W = dY·x^T·decay·dt) then feeds one dC and one dB dot per pair. Writes
+    the per-(head, pair) row sums of M = W∘CB (ROWS), column sums of M/dt (COLS), the diagonal
+    pair's rectangle sum (DIAG) and the carried-in state's d cum_t (DCUM_T); adds dC and dB
+    (the carried-out state's dB term included) with fp32 atomics."""
+    i_cq, i_bgs = tl.program_id(0), tl.program_id(1)
+    n_qb: tl.constexpr = Q // BLOCK_Q
+    i_c = i_cq // n_qb
+    i_qb = n_qb - 1 - i_cq % n_qb  # the blocks with most pairs first
+    n_split = HPG // HPP
+    i_bg, i_sp = i_bgs // n_split, i_bgs % n_split
+    G = H // HPG
+    i_b, i_g = i_bg // G, i_bg % G
+    i_b64 = i_b.to(tl.int64)
+    o_i = tl.arange(0, BLOCK_Q)
+    o_p = tl.arange(0, BLOCK_P)
+    o_n = tl.arange(0, BLOCK_N)
+    m_p, m_n = o_p < P, o_n < N
+    o_ti = i_c * Q + i_qb * BLOCK_Q + o_i
+    m_ti = o_ti < L
+    m_ip = m_ti[:, None] & m_p[None, :]
+    m_in = m_ti[:, None] & m_n[None, :]
+    p_ci = C + i_b64 * s_cb + o_ti[:, None].to(tl.int64) * s_cl + i_g * s_cg + o_n[None, :] * s_cn
+    b_ci = tl.load(p_ci, mask=m_in, other=0.0)  # (BQ, N)
+    w_ok = m_ti
+    if HAS_SEG:
+        b_seg_i = tl.load(SEG + i_b64 * L + o_ti, mask=m_ti, other=-1)
+        seg_prev = tl.load(SEG + i_b64 * L + i_c * Q - 1, mask=i_c > 0, other=0)
+        seg_end = tl.load(SEG + i_b64 * L + tl.minimum(i_c * Q + Q, L) - 1)
+        w_ok = w_ok & (b_seg_i == seg_prev)
+    # -- per head: the carried-in state's dC and d cum_t; block i as a source of the carried-out
+    # state, dB_i += f_i x_i G (f = e^{cum_end − cum} dt)
+    b_dc = tl.zeros([BLOCK_Q, BLOCK_N], dtype=tl.float32)
+    b_db_out = tl.zeros([BLOCK_Q, BLOCK_N], dtype=tl.float32)
+    for hh in range(0, HPP):
+        i_h = i_g * HPG + i_sp * HPP + hh
+        i_bh64 = (i_b * H + i_h).to(tl.int64)
+        buf0 = (i_bh64 * NC + i_c) * Q + i_qb * BLOCK_Q
+        o_s0 = (i_bh64 * NC + i_c) * P * N
+        b_cum = tl.load(CUM_BUF + buf0 + o_i)
+        b_dt = tl.load(DT_BUF + buf0 + o_i)
+        b_in = tl.where(w_ok, tl.exp(b_cum), 0.0)
+        b_out = tl.exp(tl.load(SUF_BUF + buf0 + o_i))  # e^{cum_end − cum}
+        if HAS_SEG:
+            b_out = tl.where(b_seg_i == seg_end, b_out, 0.0)
+        b_out = tl.where(m_ti, b_out, 0.0) * b_dt
+        p_dy = DY + i_b64 * s_yb + o_ti[:, None].to(tl.int64) * s_yl + i_h * s_yh + o_p[None, :] * s_yp
+        b_dy = tl.load(p_dy, mask=m_ip, other=0.0)  # (BQ, P)
+        p_x = X + i_b64 * s_xb + o_ti[:, None].to(tl.int64) * s_xl + i_h * s_xh + o_p[None, :] * s_xp
+        b_x = tl.load(p_x, mask=m_ip, other=0.0)  # (BQ, P)
+        m_pn = m_p[:, None] & m_n[None, :]
+        p_pn = o_s0 + o_p[:, None] * N + o_n[None, :]
+        b_s = tl.load(STATES + p_pn, mask=m_pn, other=0.0).to(b_ci.dtype)  # (P, N)
+        b_g = tl.load(GSTATES + p_pn, mask=m_pn, other=0.0).to(b_ci.dtype)  # (P, N)
+        b_cs = _dot(b_ci, tl.trans(b_s), PREC, F32)  # (BQ, P) = C_i S^T
+        tl.store(DCUM_T + buf0 + o_i, b_in * tl.sum(b_dy.to(tl.float32) * b_cs, axis=1))
+        b_dc += _dot(b_dy, b_s.to(b_dy.dtype), PREC, F32) * b_in[:, None]
+        b_db_out += _dot(b_x, b_g.to(b_x.dtype), PREC, F32) * b_out[:, None]
+    p_dbi = DB + i_b64 * s_gb + o_ti[:, None].to(tl.int64) * s_gl + i_g * s_gg + o_n[None, :] * s_gn
+    tl.atomic_add(p_dbi, b_db_out, mask=m_in)
+    # -- the block pairs (i, j), j <= i
+    for i_jb in range(0, i_qb + 1):
+        o_tj = i_c * Q + i_jb * BLOCK_Q + o_i
+        m_tj = o_tj < L
+        m_jn = m_tj[:, None] & m_n[None, :]
+        p_bj = B + i_b64 * s_bb + o_tj[:, None].to(tl.int64) * s_bl + i_g * s_bg + o_n[None, :] * s_bn
+        b_bj = tl.load(p_bj, mask=m_jn, other=0.0)  # (BQ, N)
+        b_cb = _dot(b_ci, tl.trans(b_bj).to(b_ci.dtype), PREC, F32)  # (BQ_t, BQ_s) = C_t · B_s
+        m_ij = (o_ti[:, None] >= o_tj[None, :]) & m_tj[None, :]
+        if HAS_SEG:
+            b_seg_j = tl.load(SEG + i_b64 * L + o_tj, mask=m_tj, other=-2)
+            m_ij = m_ij & (b_seg_i[:, None] == b_seg_j[None, :])
+        b_dcb = tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32)
+        for hh in range(0, HPP):
+            i_h = i_g * HPG + i_sp * HPP + hh
+            i_bh64 = (i_b * H + i_h).to(tl.int64)
+            buf0 = (i_bh64 * NC + i_c) * Q
+            b_cum = tl.load(CUM_BUF + buf0 + i_qb * BLOCK_Q + o_i)
+            b_cum_j = tl.load(CUM_BUF + buf0 + i_jb * BLOCK_Q + o_i)
+            b_dt_j = tl.load(DT_BUF + buf0 + i_jb * BLOCK_Q + o_i)
+            p_dy = DY + i_b64 * s_yb + o_ti[:, None].to(tl.int64) * s_yl + i_h * s_yh + o_p[None, :] * s_yp
+            b_dy = tl.load(p_dy, mask=m_ip, other=0.0)  # (BQ, P)
+            p_xj = X + i_b64 * s_xb + o_tj[None, :].to(tl.int64) * s_xl + i_h * s_xh + o_p[:, None] * s_xp
+            b_xjt = tl.load(p_xj, mask=m_tj[None, :] & m_p[:, None], other=0.0)  # (P, BQ)
+            b_dec = tl.exp(tl.where(m_ij, b_cum[:, None] - b_cum_j[None, :], -float("inf")))
+            b_wn = _dot(b_dy, b_xjt.to(b_dy.dtype), PREC, F32) * b_dec  # dY_t·x_s e^{cum_t − cum_s}
+            b_mn = b_wn * b_cb  # M_ts / dt_s
+            o_row = ((i_bh64 * NC + i_c) * n_qb + i_jb) * Q + i_qb * BLOCK_Q + o_i
+            o_col = ((i_bh64 * NC + i_c) * n_qb + i_qb) * Q + i_jb * BLOCK_Q + o_i
+            tl.store(COLS + o_col, tl.sum(b_mn, axis=0))
+            b_m = b_mn * b_dt_j[None, :]
+            tl.store(ROWS + o_row, tl.sum(b_m, axis=1))
+            if i_jb == i_qb:  # Σ_{t ≥ u > s} M_ts inside the diagonal block
+                b_pre = tl.where(m_ij, tl.cumsum(b_m, axis=1) - b_m, 0.0)
+                tl.store(DIAG + buf0 + i_qb * BLOCK_Q + o_i, tl.sum(b_pre, axis=0))
+            b_dcb += b_wn * b_dt_j[None, :]
+        b_dc += _dot(b_dcb.to(b_bj.dtype), b_bj, PREC, F32)
+        b_dbj = _dot(tl.trans(b_dcb).to(b_ci.dtype), b_ci, PREC, F32)  # (BQ_s, N)
+        p_dbj = DB + i_b64 * s_gb + o_tj[:, None].to(tl.int64) * s_gl + i_g * s_gg + o_n[None, :] * s_gn
+        tl.atomic_add(p_dbj, b_dbj, mask=m_jn)
+    p_dc = DC + i_b64 * s_gb + o_ti[:, None].to(tl.int64) * s_gl + i_g * s_gg + o_n[None, :] * s_gn
+    tl.atomic_add(p_dc, b_dc, mask=m_in)
+
+
+@triton.jit
+def _chunk_bwd_dx_kernel(
+    X, B, C, DY, D, SEG, DT_BUF, CUM_BUF, SUF_BUF, GSTATES,
+    DX, DD, DDT, DCUM_S,
+    L, NC, H, HPG,
+    s_xb, s_xl, s_xh, s_xp, s_bb, s_bl, s_bg, s_bn, s_cb, s_cl, s_cg, s_cn,
+    s_yb, s_yl, s_yh, s_yp,
+    P: tl.constexpr, N: tl.constexpr, Q: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_SEG: tl.constexpr,
+    PREC: tl.constexpr, F32: tl.constexpr,
+):
+    """BWD_CFG["grouped"], part 2: per (chunk, source block j, batch·head): dx_j (the in-chunk
+    term Σ_{t ≥ s} C_t·B_s e^{cum_t − cum_s} dt_s dY_t, the carried-out state's f_j G B_j and D),
+    and the carried-out state's explicit ddt_j and d cum_s (the in-chunk ones come from part 1's
+    column sums)."""
+    i_cq, i_bh = tl.program_id(0), tl.program_id(1)
+    n_qb: tl.constexpr = Q // BLOCK_Q
+    i_c = i_cq // n_qb
+    i_jb = i_cq % n_qb
+    i_b, i_h = i_bh // H, i_bh % H
+    i_g = i_h // HPG
+    i_b64 = i_b.to(tl.int64)
+    o_i = tl.arange(0, BLOCK_Q)
+    o_p = tl.arange(0, BLOCK_P)
+    o_n = tl.arange(0, BLOCK_N)
+    m_p, m_n = o_p < P, o_n < N
+    buf0 = (i_bh.to(tl.int64) * NC + i_c) * Q
+    o_tj = i_c * Q + i_jb * BLOCK_Q + o_i
+    m_tj = o_tj < L
+    m_jp = m_tj[:, None] & m_p[None, :]
+    b_cum_j = tl.load(CUM_BUF + buf0 + i_jb * BLOCK_Q + o_i)
+    b_dt_j = tl.load(DT_BUF + buf0 + i_jb * BLOCK_Q + o_i)
+    p_xj = X + i_b64 * s_xb + o_tj[:, None].to(tl.int64) * s_xl + i_h * s_xh + o_p[None, :] * s_xp
+    b_xj = tl.load(p_xj, mask=m_jp, other=0.0)  # (BQ, P)
+    p_bj = B + i_b64 * s_bb + o_tj[:, None].to(tl.int64) * s_bl + i_g * s_bg + o_n[None, :] * s_bn
+    b_bj = tl.load(p_bj, mask=m_tj[:, None] & m_n[None, :], other=0.0)  # (BQ, N)
+    b_out = tl.exp(tl.load(SUF_BUF + buf0 + i_jb * BLOCK_Q + o_i))  # e^{cum_end − cum}
+    if HAS_SEG:
+        b_seg_j = tl.load(SEG + i_b64 * L + o_tj, mask=m_tj, other=-1)
+        seg_end = tl.load(SEG + i_b64 * L + tl.minimum(i_c * Q + Q, L) - 1)
+        b_out = tl.where(b_seg_j == seg_end, b_out, 0.0)
+    b_out = tl.where(m_tj, b_out, 0.0)
+    p_g = GSTATES + (i_bh.to(tl.int64) * NC + i_c) * P * N + o_p[:, None] * N + o_n[None, :]
+    b_g = tl.load(p_g, mask=m_p[:, None] & m_n[None, :], other=0.0).to(b_bj.dtype)  # (P, N)
+    b_gb = _dot(b_bj, tl.trans(b_g), PREC, F32)  # (BQ, P) = G B_s
+    b_e = b_out * tl.sum(b_xj.to(tl.float32) * b_gb, axis=1)  # d/d dt_s (explicit)
+    b_dx = b_gb * (b_out * b_dt_j)[:, None]
+    for i_ib in range(i_jb, n_qb):  # query blocks t >= s
+        o_ti = i_c * Q + i_ib * BLOCK_Q + o_i
+        m_ti = o_ti < L
+        b_cum_i = tl.load(CUM_BUF + buf0 + i_ib * BLOCK_Q + o_i)
+        p_ci = C + i_b64 * s_cb + o_ti[:, None].to(tl.int64) * s_cl + i_g * s_cg + o_n[None, :] * s_cn
+        b_ci = tl.load(p_ci, mask=m_ti[:, None] & m_n[None, :], other=0.0)  # (BQ, N)
+        p_dyi = DY + i_b64 * s_yb + o_ti[:, None].to(tl.int64) * s_yl + i_h * s_yh + o_p[None, :] * s_yp
+        b_dyi = tl.load(p_dyi, mask=m_ti[:, None] & m_p[None, :], other=0.0)  # (BQ, P)
+        m_ji = (o_ti[None, :] >= o_tj[:, None]) & m_ti[None, :]
+        if HAS_SEG:
+            b_seg_i = tl.load(SEG + i_b64 * L + o_ti, mask=m_ti, other=-2)
+            m_ji = m_ji & (b_seg_j[:, None] == b_seg_i[None, :])
+        b_dec = tl.exp(tl.where(m_ji, b_cum_i[None, :] - b_cum_j[:, None], -float("inf")))  # (s, t)
+        b_bc = _dot(b_bj, tl.trans(b_ci).to(b_bj.dtype), PREC, F32)  # (BQ_s, BQ_t) = B_s · C_t
+        b_dx += _dot((b_bc * b_dec * b_dt_j[:, None]).to(b_dyi.dtype), b_dyi, PREC, F32)
+    if HAS_D:
+        p_dyj = DY + i_b64 * s_yb + o_tj[:, None].to(tl.int64) * s_yl + i_h * s_yh + o_p[None, :] * s_yp
+        b_dyj = tl.load(p_dyj, mask=m_jp, other=0.0)
+        b_dx = _d_skip_bwd(b_dx, b_dyj, b_xj, D, DD, i_h, o_p, m_p, P, D_PER_P)
+    p_dx = DX + i_b64 * s_xb + o_tj[:, None].to(tl.int64) * s_xl + i_h * s_xh + o_p[None, :] * s_xp
+    tl.store(p_dx, b_dx.to(DX.dtype.element_ty), mask=m_jp)
+    o_buf = buf0 + i_jb * BLOCK_Q + o_i
+    tl.store(DDT + o_buf, b_e)
+    tl.store(DCUM_S + o_buf, -b_e * b_dt_j)
+
+
+@triton.jit
+def _grouped_tail_kernel(
+    ROWS, COLS, DIAG, DCUM_T, DCUM_S, DCUM_END, DT_BUF, DDT, D_DTA,
+    Q: tl.constexpr, BLOCK_Q: tl.constexpr,
+):
+    """BWD_CFG["grouped"], part 3, per (batch·head, chunk), in float64: d(dt·A)_u = the reverse
+    cumsum of the carried-state terms (the carried-out total summed here, not by atomics) plus
+    Σ_{t ≥ u > s} M_ts assembled from part 1's per-pair sums; for u in block k: the diagonal
+    pair's rectangle, over pairs i > j the exclusive prefix of the column sums (k = j), the
+    suffix of the row sums (k = i) and the pair's total (j < k < i). Adds the in-chunk explicit
+    ddt (Σ over pairs of the column sums) to DDT in place. Tiles are (block k, token r)."""
+    i_bc = tl.program_id(0).to(tl.int64)
+    n_qb: tl.constexpr = Q // BLOCK_Q
+    o_k = tl.arange(0, n_qb)
+    o_q = o_k[:, None] * BLOCK_Q + tl.arange(0, BLOCK_Q)[None, :]  # (n, BQ): token in chunk
+    base = i_bc * Q
+    f64 = tl.float64
+    b_dcum_s = tl.load(DCUM_S + base + o_q).to(f64)
+    b_dcum = tl.load(DCUM_T + base + o_q).to(f64) + b_dcum_s
+    last = o_q == Q - 1
+    b_dcum += tl.where(last, tl.load(DCUM_END + i_bc).to(f64) - tl.sum(tl.sum(b_dcum_s, axis=1), axis=0), 0.0)
+    b_tot = tl.sum(b_dcum, axis=1)  # (n,)
+    b_d = tl.cumsum(b_dcum, axis=1, reverse=True) + (tl.cumsum(b_tot, axis=0, reverse=True) - b_tot)[:, None]
+    b_d += tl.load(DIAG + base + o_q).to(f64)
+    b_dt = tl.load(DT_BUF + base + o_q).to(f64)
+    b_ddt = tl.zeros([n_qb, BLOCK_Q], dtype=f64)
+    for i in tl.static_range(n_qb):  # COLS[i, :]: pair (i, j = k) column sums of M / dt, s in block k
+        b_c = tl.load(COLS + (i_bc * n_qb + i) * Q + o_q).to(f64)
+        b_ddt += tl.where(o_k[:, None] <= i, b_c, 0.0)
+        b_cm = b_c * b_dt
+        b_d += tl.where(o_k[:, None] < i, tl.cumsum(b_cm, axis=1) - b_cm, 0.0)
+    for j in tl.static_range(n_qb):  # ROWS[j, :]: pair (i = k, j) row sums of M, t in block k
+        b_r = tl.load(ROWS + (i_bc * n_qb + j) * Q + o_q).to(f64)
+        b_r = tl.where(o_k[:, None] > j, b_r, 0.0)
+        b_d += tl.cumsum(b_r, axis=1, reverse=True)
+        b_rt = tl.sum(b_r, axis=1)  # (n,) over i: the pair (i, j) totals
+        b_d += tl.where(o_k > j, tl.cumsum(b_rt, axis=0, reverse=True) - b_rt, 0.0)[:, None]
+    tl.store(D_DTA + base + o_q, b_d)
+    p_ddt = DDT + base + o_q
+    tl.store(p_ddt, (tl.load(p_ddt).to(f64) + b_ddt).to(tl.float32))
 
 
 # Launch settings of the backward; BLOCK_Q must divide the chunk size (tests shrink it so that a
@@ -276,8 +516,25 @@ def _chunk_bwd_kernel(
 # kernel alone, ms at 8x2048 / 2x8192 / 1x32768): block 1024, 4 warps, one chunk in flight (the
 # former kernel) 0.140 / 0.297 / 0.737; the one-chunk prefetch at block 1024 0.059 / 0.058 / 0.138,
 # at block 512 0.060 / 0.056 / 0.125 (adding the compiler's 2-stage pipeline: no change).
+# grouped (group_heads, group_warps, group_stages, dx_warps, dx_stages): the chunk backward as
+# _chunk_bwd_group_kernel (per group, block pair and run of group_heads heads: C·B^T, dB and dC
+# once for the run; per head only dY·x^T) + _chunk_bwd_dx_kernel (dx per head) +
+# _grouped_tail_kernel (d(dt·A) in float64 from per-pair sums; always the rectangle form, so
+# rect_dA does not apply): ~2x fewer FLOPs than _chunk_bwd_kernel's 7 dots per head and pair.
+# H200, 2026-12-04, bf16 H32 P64 N128, group_heads 16 (8: 4.23 / 3.28 / 4.63 ms wall, 32: 3.22 /
+# 3.22 / 4.88), before the fused tail (its float64
+# assembly was ~25 torch ops): CUDA time of the two kernels 0.849 + 0.285 = 1.134 ms against
+# _chunk_bwd_kernel's 2.019 at 8x2048, 1.561 + 0.582 against 4.648 at 1x32768; the whole fwd+bwd
+# 1.903 against 2.624 ms of CUDA time at 8x2048. Wall time then was worse (3.17-3.35 against
+# 2.68 ms at 8x2048 / 2x8192; better at 1x32768, 4.49 against 5.84), where the torch assembly
+# cost 0.86 ms of float64 scans at 1x32768 and launches elsewhere; the fused tail kernel that
+# replaced it is checked in the CPU interpreter and compiled for sm_90 only. One float64 case at
+# the GPU test shapes (L 1000, groups 2, documents, state, z) matched: every gradient within
+# 3.7e-6. Opt-in until the fused tail's GPU check and timing (gpu_kernel_round.sh pending).
 BWD_CFG = {"BLOCK_Q": 64, "BLOCK_Q_wide_state": 64, "chunk_bwd_warps": 8,
-           "pass_block": 512, "pass_warps": 4, "rect_dA": True}
+           "pass_block": 512, "pass_warps": 4, "rect_dA": True,
+           "grouped": False, "group_heads": 16, "group_warps": 8, "group_stages": 2,
+           "dx_warps": 4, "dx_stages": 2}
 
 
 def ssd_bwd(dy, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, seg, saved, dfinal):
@@ -333,6 +590,12 @@ def ssd_bwd(dy, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, seg, sav
     dcum_t = torch.empty_like(dt_buf)
     dcum_s = torch.empty_like(dt_buf)
     dcum_end = ddecay.sum(-1)  # (batch·H, nc); the kernel adds the carried-out terms
+    if BWD_CFG["grouped"]:
+        d_dta, ddt_e = _grouped_chunk_bwd(
+            x, B, C, dy, D, seg, saved, dstates, dx, dB, dC, dD, ddt_e, dcum_t, dcum_s, dcum_end,
+            Q, block_q, hpg, prec, bp, bn)
+        return _bwd_tail(d_dta, ddt_e, dt_buf, A, dt, dt_bias, dt_softplus, batch, nheads, nc, Q,
+                         seqlen, dx, dB, dC, dD, dz, dinit)
     rect = BWD_CFG["rect_dA"]
     # rect_dA: the in-chunk part of d(dt·A)_u as Σ_{t ≥ u > s} M_ts, one partial per query block
     rect_parts = torch.zeros(batch * nheads, nc, Q // block_q, Q, device=dev, dtype=f32) if rect else None
@@ -357,6 +620,13 @@ def ssd_bwd(dy, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, seg, sav
     d_dta = dcum.flip(-1).cumsum(-1).flip(-1)  # (batch·H, nc, Q)
     if rect:  # the kernel left the in-chunk M terms out of dcum_t / dcum_s
         d_dta += rect_parts.double().sum(2)
+    return _bwd_tail(d_dta, ddt_e, dt_buf, A, dt, dt_bias, dt_softplus, batch, nheads, nc, Q,
+                     seqlen, dx, dB, dC, dD, dz, dinit)
+
+
+def _bwd_tail(d_dta, ddt_e, dt_buf, A, dt, dt_bias, dt_softplus, batch, nheads, nc, Q, seqlen,
+              dx, dB, dC, dD, dz, dinit):
+    """d(dt·A) (batch·H, nc, Q; float64) and the explicit ddt -> ddt, dA, ddt_bias; the rest as is."""
     ddt_eff = (ddt_e + d_dta * A.double().repeat(batch)[:, None, None]).float()
     dA = (d_dta * dt_buf).view(batch, nheads, -1).sum((0, 2)).float()  # padded steps have dt = 0
 
@@ -370,3 +640,46 @@ def ssd_bwd(dy, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, seg, sav
     ddt_bias = ddt.sum((0, 1)) if dt_bias is not None else None
     return dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinit
 
+
+def _grouped_chunk_bwd(x, B, C, dy, D, seg, saved, gstates, dx, dB, dC, dD, ddt_e, dcum_t, dcum_s,
+                       dcum_end, Q, block_q, hpg, prec, bp, bn):
+    """BWD_CFG["grouped"]: _chunk_bwd_group_kernel (C·B^T, dB and dC once per group and block
+    pair) and _chunk_bwd_dx_kernel (dx per head), then _grouped_tail_kernel: d(dt·A) in float64
+    from their per-pair row and column sums, and the in-chunk explicit ddt added to ddt_e.
+    Returns (d_dta, ddt_e) as (batch·H, nc, Q): float64 and fp32."""
+    dt_buf, cum_buf, suf_buf, states, _ = saved
+    batch, seqlen, nheads, headdim = x.shape
+    ngroups, dstate = B.shape[2], B.shape[3]
+    nc, n_qb = dt_buf.shape[1], Q // block_q
+    dev, f32 = x.device, torch.float32
+    bh = batch * nheads
+    hpp = max(1, min(BWD_CFG["group_heads"], hpg))
+    while hpg % hpp:
+        hpp -= 1
+    rows = torch.empty(bh, nc, n_qb, Q, device=dev, dtype=f32)  # [j, t]: Σ_s M_ts over pair (i, j)
+    cols = torch.empty(bh, nc, n_qb, Q, device=dev, dtype=f32)  # [i, s]: Σ_t M_ts / dt_s
+    diag = torch.empty(bh, nc, Q, device=dev, dtype=f32)
+    strides = (*x.stride(), *B.stride(), *C.stride(), *dy.stride())
+    w = warps(BWD_CFG["group_warps"], headdim, dstate)
+    _chunk_bwd_group_kernel[(nc * n_qb, batch * ngroups * (hpg // hpp))](
+        x, B, C, dy, seg, dt_buf, cum_buf, suf_buf, states, gstates,
+        dB, dC, rows, cols, diag, dcum_t,
+        seqlen, nc, nheads, hpg, hpp, *strides, *dB.stride(),
+        P=headdim, N=dstate, Q=Q, BLOCK_Q=block_q, BLOCK_P=bp, BLOCK_N=bn, HAS_SEG=seg is not None,
+        PREC=prec, F32=INTERPRET, num_warps=w,
+        num_stages=BWD_CFG["group_stages"] if bn <= 128 else 1,  # 2 stages at N 256: 254 KB of smem
+    )
+    _chunk_bwd_dx_kernel[(nc * n_qb, bh)](
+        x, B, C, dy, D, seg, dt_buf, cum_buf, suf_buf, gstates,
+        dx, dD, ddt_e, dcum_s,
+        seqlen, nc, nheads, hpg, *strides,
+        P=headdim, N=dstate, Q=Q, BLOCK_Q=block_q, BLOCK_P=bp, BLOCK_N=bn,
+        HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_SEG=seg is not None,
+        PREC=prec, F32=INTERPRET, num_warps=BWD_CFG["dx_warps"], num_stages=BWD_CFG["dx_stages"],
+    )
+    d_dta = torch.empty(bh, nc, Q, device=dev, dtype=torch.float64)
+    _grouped_tail_kernel[(bh * nc,)](
+        rows, cols, diag, dcum_t, dcum_s, dcum_end, dt_buf, ddt_e, d_dta,
+        Q=Q, BLOCK_Q=block_q, num_warps=4,
+    )
+    return d_dta, ddt_e
