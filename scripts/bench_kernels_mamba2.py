@@ -233,10 +233,9 @@ def ssd_rows(anchor, shapes=((8, 2048), (2, 8192), (1, 32768)), H=32, P=64, N=12
 
 
 # backward launch variants timed beside the default (triton_bwd.BWD_CFG overrides): the old
-# d(dt·A) (rect_dA off, the cost of the precise one) and 32-token blocks, whose 90 KB of shared
-# memory (157 KB at 64; compile_check --sass, sm_90) let two 4-warp programs share an SM
-SSD_BWD_VARIANTS = ({"rect_dA": False}, {"BLOCK_Q": 32, "chunk_bwd_warps": 4},
-                    {"BLOCK_Q": 32, "chunk_bwd_warps": 8})
+# d(dt·A) (rect_dA off, the cost of the precise one; 2026-12-04: +6 %) and the grouped backward
+# at 16 and 32 heads per program (opt-in until timed here with its fused tail)
+SSD_BWD_VARIANTS = ({"rect_dA": False}, {"grouped": True}, {"grouped": True, "group_heads": 32})
 
 
 def _ssd_bwd_variants(ours_fb, leaves, shape, a_fb):

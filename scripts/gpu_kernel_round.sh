@@ -18,7 +18,7 @@
 # models: bench_models.py (one training step of every base preset and anchor);
 # profile: profile_kernels.py (CUDA time per launched kernel of each op's training step).
 # pending: every SSD gradient's error against float64 at the backward test's shapes
-#         (scripts/ssd_grad_errors.py), the d_state-256 BLOCK_Q 32 / 16 candidates at the synthetic
+#         (scripts/ssd_grad_errors.py), the same for the grouped backward, the d_state-256 BLOCK_Q 32 / 16 candidates at the synthetic
 #         models' shapes (not yet run on a GPU: they need more than 120 s each there, mostly
 #         compiles), the SSD table (its backward variants included), and the last 40 % of the
 #         selective-scan tests.
@@ -102,6 +102,8 @@ models() {
 }
 pending() {
   step grad_errors "${PYTEST_S:-300}" python3 scripts/ssd_grad_errors.py --rect on
+  # BWD_CFG["grouped"] (opt-in): its float64 check (the bench below times it as a variant)
+  step grad_errors_grouped "${PYTEST_S:-300}" python3 scripts/ssd_grad_errors.py --rect on --cfg grouped=1
   step pytest_ssd_wide "${PYTEST_S:-300}" python3 -m pytest -q -rf -o addopts="" tests/test_ssd_triton.py \
     -k "synthetic_models and 256 and not 64"
   step bench_ssd "${BENCH2_S:-240}" python3 scripts/bench_kernels_mamba2.py --ssd-only
