@@ -234,8 +234,11 @@ def ssd_rows(anchor, shapes=((8, 2048), (2, 8192), (1, 32768)), H=32, P=64, N=12
 
 # backward launch variants timed beside the default (triton_bwd.BWD_CFG overrides): the old
 # d(dt·A) (rect_dA off, the cost of the precise one; 2026-12-04: +6 %) and the grouped backward
-# at 16 and 32 heads per program (opt-in until timed here with its fused tail)
-SSD_BWD_VARIANTS = ({"rect_dA": False}, {"grouped": True}, {"grouped": True, "group_heads": 32})
+# at 16 and 32 heads per program, and with the carried-state terms in its dx kernel (4 and 8
+# warps there), opt-in until timed here with its fused tail
+SSD_BWD_VARIANTS = ({"rect_dA": False}, {"grouped": True}, {"grouped": True, "group_heads": 32},
+                    {"grouped": True, "group_state": 0},
+                    {"grouped": True, "group_state": 0, "dx_warps": 8})
 
 
 def _ssd_bwd_variants(ours_fb, leaves, shape, a_fb):

@@ -5,7 +5,8 @@
 1. pytest tests/test_conv_norm_triton.py tests/test_ssd_triton.py (real shapes on CUDA).
 2. bytelm's Mamba-2 base-width model (4 layers) in bf16 autocast: loss and every gradient with
    BYTELM_KERNELS=auto (Triton norm + conv, reference SSD under autograd), and with auto plus
-   BYTELM_SSD_BWD=triton (the Triton SSD backward too), against =ref, and no-grad logits
+   BYTELM_SSD_BWD=triton (the Triton SSD backward too) and =grouped (its grouped form), against
+   =ref, and no-grad logits
    (Triton SSD forward) against =ref, with packed documents.
 """
 
@@ -30,9 +31,9 @@ def model_check():
     ids = torch.randint(0, 264, (2, 1500), device="cuda")
     doc = torch.cumsum((torch.rand(2, 1500, device="cuda") < 0.002).int(), 1)
     out = {}
-    for mode in ("ref", "auto", "auto+ssd_bwd"):
+    for mode in ("ref", "auto", "auto+ssd_bwd", "auto+grouped"):
         os.environ["BYTELM_KERNELS"] = mode.split("+")[0]
-        os.environ["BYTELM_SSD_BWD"] = "triton" if mode.endswith("ssd_bwd") else "ref"
+        os.environ["BYTELM_SSD_BWD"] = {"auto+ssd_bwd": "triton", "auto+grouped": "grouped"}.get(mode, "ref")
         model.zero_grad()
         with torch.autocast("cuda", dtype=torch.bfloat16):
             logits = model(ids, doc_ids=doc)
@@ -46,7 +47,7 @@ def model_check():
     os.environ.pop("BYTELM_SSD_BWD")
     lr, gr, nr = out["ref"]
     ok = True
-    for mode in ("auto", "auto+ssd_bwd"):
+    for mode in ("auto", "auto+ssd_bwd", "auto+grouped"):
         la, ga, na = out[mode]
         worst = max((rel(ga[n], gr[n]), n) for n in gr)
         print(f"model {mode}: loss ref {lr:.5f} {mode} {la:.5f}; no-grad logits rel {rel(na, nr):.2e}; "

@@ -18,7 +18,8 @@
 # models: bench_models.py (one training step of every base preset and anchor);
 # profile: profile_kernels.py (CUDA time per launched kernel of each op's training step).
 # pending: every SSD gradient's error against float64 at the backward test's shapes
-#         (scripts/ssd_grad_errors.py), the same for the grouped backward, the d_state-256 BLOCK_Q 32 / 16 candidates at the synthetic
+#         (scripts/ssd_grad_errors.py), the same for the grouped backward and its model check and
+#         training-step timing (BYTELM_SSD_BWD=grouped), the d_state-256 BLOCK_Q 32 / 16 candidates at the synthetic
 #         models' shapes (not yet run on a GPU: they need more than 120 s each there, mostly
 #         compiles), the SSD table (its backward variants included), and the last 40 % of the
 #         selective-scan tests.
@@ -107,6 +108,11 @@ pending() {
   step pytest_ssd_wide "${PYTEST_S:-300}" python3 -m pytest -q -rf -o addopts="" tests/test_ssd_triton.py \
     -k "synthetic_models and 256 and not 64"
   step bench_ssd "${BENCH2_S:-240}" python3 scripts/bench_kernels_mamba2.py --ssd-only
+  # the grouped SSD backward in the whole models (loss and gradients against the reference ops,
+  # then one training step of every base preset)
+  step model_check "${CHECK_S:-60}" python3 scripts/gpu_check_mamba2.py --no-pytest
+  step bench_models_grouped "${MODELS_S:-200}" env BYTELM_SSD_BWD=grouped python3 scripts/bench_models.py \
+    --anchor-src .carry/mamba_ssm_src
   python3 -m pytest --co -q -o addopts="" tests/test_selective_scan_triton.py 2>/dev/null | grep :: >"$LOGDIR/scan_ids.txt"
   local n; n=$(wc -l <"$LOGDIR/scan_ids.txt")
   if [ "$n" -gt 0 ]; then  # the last 40 %: the part the 2026-12-03 rounds did not reach

@@ -2,7 +2,7 @@
 
 CPU: TRITON_INTERPRET=1 at tiny shapes (chunk 16); GPU: the same tests at real shapes (chunk 256).
 With autograd recording the public op runs the Triton forward + backward by default;
-BYTELM_SSD_BWD=ref selects the reference (test_ssd_backward_switch).
+BYTELM_SSD_BWD=ref selects the reference, =grouped the grouped backward (test_ssd_backward_switch).
 """
 
 import os
@@ -160,17 +160,20 @@ BWD_CHUNK, BWD_BLOCK = (256, 64) if CUDA else (32, 16)
     (torch.float32, LENGTHS[-1], 2, True), (torch.float32, 2 * BWD_CHUNK + 13, 2, True),
     (torch.bfloat16, LENGTHS[-1], 2, True),
 ])
-@pytest.mark.parametrize("grouped", [False, True])
-def test_ssd_backward_matches_reference(monkeypatch, dtype, seqlen, groups, with_state, grouped):
+@pytest.mark.parametrize("grouped,group_state", [(False, 1), (True, 1), (True, 0)])
+def test_ssd_backward_matches_reference(monkeypatch, dtype, seqlen, groups, with_state, grouped,
+                                        group_state):
     """Every gradient (x, dt, A, B, C, D, z, dt_bias, initial_state) of y and of the final state,
     through the Triton backward, against autograd through the float64 reference; with_state adds
     seq_idx (several documents per row), an initial state, the z gate and per-channel D. grouped:
     BWD_CFG["grouped"] (the group kernel + dx kernel), with runs of 2 heads per program (several
-    programs per group)."""
+    programs per group), the carried-state terms in the group kernel (group_state 1) or in the dx
+    kernel (0)."""
     monkeypatch.setenv("BYTELM_SSD_BWD", "triton")
     monkeypatch.setitem(triton_bwd.BWD_CFG, "BLOCK_Q", BWD_BLOCK)
     monkeypatch.setitem(triton_bwd.BWD_CFG, "grouped", grouped)
     monkeypatch.setitem(triton_bwd.BWD_CFG, "group_heads", 2)
+    monkeypatch.setitem(triton_bwd.BWD_CFG, "group_state", group_state)
     vals = inputs(2, seqlen, groups, dtype, with_state, with_z=with_state, d_per_p=groups == 2,
                   seed=seqlen + groups)
     x, dt, A, B, C, D, z, dt_bias, init, seq_idx = vals
@@ -236,8 +239,8 @@ def test_ssd_at_the_synthetic_models_shapes(dstate, workaround, wide_block, monk
 
 
 def test_ssd_backward_switch(monkeypatch):
-    """The default training path is the Triton backward, =ref the reference; a bad value is a
-    one-line UserError."""
+    """The default training path is the Triton backward, =ref the reference, =grouped the grouped
+    Triton backward; a bad value is a one-line UserError."""
     x, dt, A, B, C, D, z, dt_bias, _, _ = inputs(1, 5, 1, torch.float32, False, False, False, 2)
     xg = x.clone().requires_grad_()
     monkeypatch.delenv("BYTELM_SSD_BWD", raising=False)
@@ -249,6 +252,15 @@ def test_ssd_backward_switch(monkeypatch):
     monkeypatch.setenv("BYTELM_SSD_BWD", "fast")
     with pytest.raises(UserError, match="BYTELM_SSD_BWD"):
         ssd(xg, dt, A, B, C, SHAPE["chunk"], D, None, dt_bias, True)
+    # =grouped: the Triton backward through the grouped kernels, same gradients
+    grads, calls, grouped_bwd = [], [], triton_bwd._grouped_chunk_bwd
+    monkeypatch.setattr(triton_bwd, "_grouped_chunk_bwd", lambda *a, **k: calls.append(1) or grouped_bwd(*a, **k))
+    for mode in ("triton", "grouped"):
+        monkeypatch.setenv("BYTELM_SSD_BWD", mode)
+        xg.grad = None
+        ssd(xg, dt, A, B, C, SHAPE["chunk"], D, None, dt_bias, True).sum().backward()
+        grads.append(xg.grad.clone())
+    assert calls == [1] and rel_err(grads[1], grads[0]) < 1e-5
 
 
 def test_small_tile_workaround_choice(monkeypatch):

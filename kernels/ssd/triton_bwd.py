@@ -264,14 +264,14 @@ def _chunk_bwd_group_kernel(
     s_yb, s_yl, s_yh, s_yp, s_gb, s_gl, s_gg, s_gn,
     P: tl.constexpr, N: tl.constexpr, Q: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, HAS_SEG: tl.constexpr,
-    PREC: tl.constexpr, F32: tl.constexpr,
+    STATE_HERE: tl.constexpr, PREC: tl.constexpr, F32: tl.constexpr,
 ):
     """BWD_CFG["grouped"], part 1: per (chunk, query block i, batch, group, run of HPP heads).
     C_i·B_j^T once per block pair for the run's heads; per head only dY_i·x_j^T and elementwise
     work; dcb = Σ_h W_h (W = dY·x^T·decay·dt) then feeds one dC and one dB dot per pair. Writes
     the per-(head, pair) row sums of M = W∘CB (ROWS), column sums of M/dt (COLS), the diagonal
-    pair's rectangle sum (DIAG) and the carried-in state's d cum_t (DCUM_T); adds dC and dB
-    (the carried-out state's dB term included) with fp32 atomics."""
+    pair's rectangle sum (DIAG); adds dC and dB with fp32 atomics. STATE_HERE: also the
+    carried-state terms of block i (its d cum_t into DCUM_T, dC and dB), else part 2 does them."""
     i_cq, i_bgs = tl.program_id(0), tl.program_id(1)
     n_qb: tl.constexpr = Q // BLOCK_Q
     i_c = i_cq // n_qb
@@ -301,7 +301,7 @@ def _chunk_bwd_group_kernel(
     # state, dB_i += f_i x_i G (f = e^{cum_end − cum} dt)
     b_dc = tl.zeros([BLOCK_Q, BLOCK_N], dtype=tl.float32)
     b_db_out = tl.zeros([BLOCK_Q, BLOCK_N], dtype=tl.float32)
-    for hh in range(0, HPP):
+    for hh in range(0, HPP if STATE_HERE else 0):  # (a constexpr trip count of 0 without)
         i_h = i_g * HPG + i_sp * HPP + hh
         i_bh64 = (i_b * H + i_h).to(tl.int64)
         buf0 = (i_bh64 * NC + i_c) * Q + i_qb * BLOCK_Q
@@ -325,8 +325,9 @@ def _chunk_bwd_group_kernel(
         tl.store(DCUM_T + buf0 + o_i, b_in * tl.sum(b_dy.to(tl.float32) * b_cs, axis=1))
         b_dc += _dot(b_dy, b_s.to(b_dy.dtype), PREC, F32) * b_in[:, None]
         b_db_out += _dot(b_x, b_g.to(b_x.dtype), PREC, F32) * b_out[:, None]
-    p_dbi = DB + i_b64 * s_gb + o_ti[:, None].to(tl.int64) * s_gl + i_g * s_gg + o_n[None, :] * s_gn
-    tl.atomic_add(p_dbi, b_db_out, mask=m_in)
+    if STATE_HERE:
+        p_dbi = DB + i_b64 * s_gb + o_ti[:, None].to(tl.int64) * s_gl + i_g * s_gg + o_n[None, :] * s_gn
+        tl.atomic_add(p_dbi, b_db_out, mask=m_in)
     # -- the block pairs (i, j), j <= i
     for i_jb in range(0, i_qb + 1):
         o_tj = i_c * Q + i_jb * BLOCK_Q + o_i
@@ -373,20 +374,21 @@ def _chunk_bwd_group_kernel(
 
 @triton.jit
 def _chunk_bwd_dx_kernel(
-    X, B, C, DY, D, SEG, DT_BUF, CUM_BUF, SUF_BUF, GSTATES,
-    DX, DD, DDT, DCUM_S,
+    X, B, C, DY, D, SEG, DT_BUF, CUM_BUF, SUF_BUF, STATES, GSTATES,
+    DX, DD, DDT, DCUM_S, DB, DC, DCUM_T,
     L, NC, H, HPG,
     s_xb, s_xl, s_xh, s_xp, s_bb, s_bl, s_bg, s_bn, s_cb, s_cl, s_cg, s_cn,
-    s_yb, s_yl, s_yh, s_yp,
+    s_yb, s_yl, s_yh, s_yp, s_gb, s_gl, s_gg, s_gn,
     P: tl.constexpr, N: tl.constexpr, Q: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_SEG: tl.constexpr,
+    HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_SEG: tl.constexpr, STATE_HERE: tl.constexpr,
     PREC: tl.constexpr, F32: tl.constexpr,
 ):
     """BWD_CFG["grouped"], part 2: per (chunk, source block j, batch·head): dx_j (the in-chunk
     term Σ_{t ≥ s} C_t·B_s e^{cum_t − cum_s} dt_s dY_t, the carried-out state's f_j G B_j and D),
     and the carried-out state's explicit ddt_j and d cum_s (the in-chunk ones come from part 1's
-    column sums)."""
+    column sums). STATE_HERE: also block j's carried-state terms of d cum_t, dC and dB (atomics
+    over the group's heads), which part 1 then skips."""
     i_cq, i_bh = tl.program_id(0), tl.program_id(1)
     n_qb: tl.constexpr = Q // BLOCK_Q
     i_c = i_cq // n_qb
@@ -419,6 +421,26 @@ def _chunk_bwd_dx_kernel(
     b_gb = _dot(b_bj, tl.trans(b_g), PREC, F32)  # (BQ, P) = G B_s
     b_e = b_out * tl.sum(b_xj.to(tl.float32) * b_gb, axis=1)  # d/d dt_s (explicit)
     b_dx = b_gb * (b_out * b_dt_j)[:, None]
+    if HAS_D or STATE_HERE:
+        p_dyj = DY + i_b64 * s_yb + o_tj[:, None].to(tl.int64) * s_yl + i_h * s_yh + o_p[None, :] * s_yp
+        b_dyj = tl.load(p_dyj, mask=m_jp, other=0.0)  # (BQ, P)
+    if STATE_HERE:  # block j as queries of the carried-in state S, as sources of the carried-out one
+        m_jn = m_tj[:, None] & m_n[None, :]
+        p_cj = C + i_b64 * s_cb + o_tj[:, None].to(tl.int64) * s_cl + i_g * s_cg + o_n[None, :] * s_cn
+        b_cj = tl.load(p_cj, mask=m_jn, other=0.0)  # (BQ, N)
+        p_s = STATES + (i_bh.to(tl.int64) * NC + i_c) * P * N + o_p[:, None] * N + o_n[None, :]
+        b_s = tl.load(p_s, mask=m_p[:, None] & m_n[None, :], other=0.0).to(b_cj.dtype)  # (P, N)
+        b_in = tl.exp(b_cum_j)
+        if HAS_SEG:
+            seg_prev = tl.load(SEG + i_b64 * L + i_c * Q - 1, mask=i_c > 0, other=0)
+            b_in = tl.where(b_seg_j == seg_prev, b_in, 0.0)
+        b_in = tl.where(m_tj, b_in, 0.0)
+        b_cs = _dot(b_cj, tl.trans(b_s), PREC, F32)  # (BQ, P) = C_j S^T
+        tl.store(DCUM_T + buf0 + i_jb * BLOCK_Q + o_i, b_in * tl.sum(b_dyj.to(tl.float32) * b_cs, axis=1))
+        o_gj = i_b64 * s_gb + o_tj[:, None].to(tl.int64) * s_gl + i_g * s_gg + o_n[None, :] * s_gn
+        tl.atomic_add(DC + o_gj, _dot(b_dyj, b_s.to(b_dyj.dtype), PREC, F32) * b_in[:, None], mask=m_jn)
+        tl.atomic_add(DB + o_gj, _dot(b_xj, b_g.to(b_xj.dtype), PREC, F32) * (b_out * b_dt_j)[:, None],
+                      mask=m_jn)
     for i_ib in range(i_jb, n_qb):  # query blocks t >= s
         o_ti = i_c * Q + i_ib * BLOCK_Q + o_i
         m_ti = o_ti < L
@@ -435,8 +457,6 @@ def _chunk_bwd_dx_kernel(
         b_bc = _dot(b_bj, tl.trans(b_ci).to(b_bj.dtype), PREC, F32)  # (BQ_s, BQ_t) = B_s · C_t
         b_dx += _dot((b_bc * b_dec * b_dt_j[:, None]).to(b_dyi.dtype), b_dyi, PREC, F32)
     if HAS_D:
-        p_dyj = DY + i_b64 * s_yb + o_tj[:, None].to(tl.int64) * s_yl + i_h * s_yh + o_p[None, :] * s_yp
-        b_dyj = tl.load(p_dyj, mask=m_jp, other=0.0)
         b_dx = _d_skip_bwd(b_dx, b_dyj, b_xj, D, DD, i_h, o_p, m_p, P, D_PER_P)
     p_dx = DX + i_b64 * s_xb + o_tj[:, None].to(tl.int64) * s_xl + i_h * s_xh + o_p[None, :] * s_xp
     tl.store(p_dx, b_dx.to(DX.dtype.element_ty), mask=m_jp)
@@ -531,14 +551,20 @@ def _grouped_tail_kernel(
 # replaced it is checked in the CPU interpreter and compiled for sm_90 only. One float64 case at
 # the GPU test shapes (L 1000, groups 2, documents, state, z) matched: every gradient within
 # 3.7e-6. Opt-in until the fused tail's GPU check and timing (gpu_kernel_round.sh pending).
+# group_state 0 moves the carried-state terms (12.6 of the group kernel's ~19.8 MFLOP per chunk
+# and head, per head and not shared) to the dx kernel, with dB / dC atomics there: sm_90, group
+# kernel 252 registers and 82 KB of shared memory (140 KB with them), dx kernel 255 + 192 B of
+# spill at 4 warps (221, none, without them). Interpreter only; timed by the SSD table.
 BWD_CFG = {"BLOCK_Q": 64, "BLOCK_Q_wide_state": 64, "chunk_bwd_warps": 8,
            "pass_block": 512, "pass_warps": 4, "rect_dA": True,
            "grouped": False, "group_heads": 16, "group_warps": 8, "group_stages": 2,
-           "dx_warps": 4, "dx_stages": 2}
+           "dx_warps": 4, "dx_stages": 2, "group_state": 1}
 
 
-def ssd_bwd(dy, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, seg, saved, dfinal):
+def ssd_bwd(dy, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, seg, saved, dfinal,
+            grouped=None):
     """Gradients (dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinit) of ssd_fwd's (y, final_state).
+    grouped: the grouped chunk backward (None: BWD_CFG["grouped"]).
 
     saved = (dt_buf, cum_buf, suf_buf, states, chunk_decay) from ssd_fwd(..., keep=True); dfinal
     may be None.
@@ -590,7 +616,7 @@ def ssd_bwd(dy, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, seg, sav
     dcum_t = torch.empty_like(dt_buf)
     dcum_s = torch.empty_like(dt_buf)
     dcum_end = ddecay.sum(-1)  # (batch·H, nc); the kernel adds the carried-out terms
-    if BWD_CFG["grouped"]:
+    if BWD_CFG["grouped"] if grouped is None else grouped:
         d_dta, ddt_e = _grouped_chunk_bwd(
             x, B, C, dy, D, seg, saved, dstates, dx, dB, dC, dD, ddt_e, dcum_t, dcum_s, dcum_end,
             Q, block_q, hpg, prec, bp, bn)
@@ -661,20 +687,22 @@ def _grouped_chunk_bwd(x, B, C, dy, D, seg, saved, gstates, dx, dB, dC, dD, ddt_
     diag = torch.empty(bh, nc, Q, device=dev, dtype=f32)
     strides = (*x.stride(), *B.stride(), *C.stride(), *dy.stride())
     w = warps(BWD_CFG["group_warps"], headdim, dstate)
+    state_in_group = bool(BWD_CFG["group_state"])  # the carried-state terms: part 1 or part 2
     _chunk_bwd_group_kernel[(nc * n_qb, batch * ngroups * (hpg // hpp))](
         x, B, C, dy, seg, dt_buf, cum_buf, suf_buf, states, gstates,
         dB, dC, rows, cols, diag, dcum_t,
         seqlen, nc, nheads, hpg, hpp, *strides, *dB.stride(),
         P=headdim, N=dstate, Q=Q, BLOCK_Q=block_q, BLOCK_P=bp, BLOCK_N=bn, HAS_SEG=seg is not None,
-        PREC=prec, F32=INTERPRET, num_warps=w,
+        STATE_HERE=state_in_group, PREC=prec, F32=INTERPRET, num_warps=w,
         num_stages=BWD_CFG["group_stages"] if bn <= 128 else 1,  # 2 stages at N 256: 254 KB of smem
     )
     _chunk_bwd_dx_kernel[(nc * n_qb, bh)](
-        x, B, C, dy, D, seg, dt_buf, cum_buf, suf_buf, gstates,
-        dx, dD, ddt_e, dcum_s,
-        seqlen, nc, nheads, hpg, *strides,
+        x, B, C, dy, D, seg, dt_buf, cum_buf, suf_buf, states, gstates,
+        dx, dD, ddt_e, dcum_s, dB, dC, dcum_t,
+        seqlen, nc, nheads, hpg, *strides, *dB.stride(),
         P=headdim, N=dstate, Q=Q, BLOCK_Q=block_q, BLOCK_P=bp, BLOCK_N=bn,
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_SEG=seg is not None,
+        STATE_HERE=not state_in_group,
         PREC=prec, F32=INTERPRET, num_warps=BWD_CFG["dx_warps"], num_stages=BWD_CFG["dx_stages"],
     )
     d_dta = torch.empty(bh, nc, Q, device=dev, dtype=torch.float64)

@@ -4,7 +4,8 @@ Without autograd, ``ssd`` runs the Triton forward (triton_fwd.py); with autograd
 any input, the Triton forward that keeps the chunk-entry states and the Triton backward
 (triton_bwd.py; checked against the float64 reference on an H200 and in the CPU interpreter,
 kernels/NOTES.md). ``BYTELM_SSD_BWD=ref`` trains through the PyTorch reference instead
-(chunked, matmul-based; 5-13x slower and far more memory), for cross-checks.
+(chunked, matmul-based; 5-13x slower and far more memory), for cross-checks;
+``BYTELM_SSD_BWD=grouped`` the grouped Triton backward (triton_bwd.BWD_CFG["grouped"]).
 """
 
 from __future__ import annotations
@@ -20,9 +21,14 @@ from bytelm.kernels.ssd.triton_fwd import ssd_fwd, ssd_state_update_fwd
 BWD_ENV = "BYTELM_SSD_BWD"
 
 
+def backward_choice() -> str:
+    """BYTELM_SSD_BWD: triton (default), grouped (the Triton backward with BWD_CFG["grouped"],
+    opt-in while its GPU timing is pending) or ref (train through the PyTorch reference)."""
+    return env_choice(BWD_ENV, ("triton", "grouped", "ref"), "the Triton SSD backward")
+
+
 def triton_backward_requested() -> bool:
-    """BYTELM_SSD_BWD: triton (default) or ref (train through the PyTorch reference)."""
-    return env_choice(BWD_ENV, ("triton", "ref"), "the Triton SSD backward") == "triton"
+    return backward_choice() != "ref"
 
 
 class _SSDFunction(torch.autograd.Function):
@@ -44,13 +50,15 @@ class _SSDFunction(torch.autograd.Function):
                       None if dt_bias is None else dt_bias.dtype,
                       None if initial_state is None else initial_state.dtype)
         ctx.has_init = initial_state is not None
+        ctx.grouped = backward_choice() == "grouped" or None  # None: BWD_CFG decides
         return y, final
 
     @staticmethod
     def backward(ctx, dy, dfinal):
         x, dt, A, B, C, D, z, bias, seg, *saved = ctx.saved_tensors  # dy, dfinal: materialized
         dx, ddt, dA, dB, dC, dD, dz, dbias, dinit = ssd_bwd(
-            dy, x, dt, A, B, C, ctx.chunk_size, D, z, bias, ctx.dt_softplus, seg, saved, dfinal)
+            dy, x, dt, A, B, C, ctx.chunk_size, D, z, bias, ctx.dt_softplus, seg, saved, dfinal,
+            grouped=ctx.grouped)
         a_dt, d_dt, bias_dt, init_dt = ctx.dtypes
         return (dx, ddt.to(dt.dtype), dA.to(a_dt), dB.to(B.dtype), dC.to(C.dtype),
                 None if dD is None else dD.to(d_dt), dz,
