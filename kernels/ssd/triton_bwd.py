@@ -358,12 +358,15 @@ def _chunk_bwd_group_kernel(
             o_row = ((i_bh64 * NC + i_c) * n_qb + i_jb) * Q + i_qb * BLOCK_Q + o_i
             o_col = ((i_bh64 * NC + i_c) * n_qb + i_qb) * Q + i_jb * BLOCK_Q + o_i
             tl.store(COLS + o_col, tl.sum(b_mn, axis=0))
-            b_m = b_mn * b_dt_j[None, :]
-            tl.store(ROWS + o_row, tl.sum(b_m, axis=1))
+            tl.store(ROWS + o_row, tl.sum(b_mn * b_dt_j[None, :], axis=1))
+            b_w = b_wn * b_dt_j[None, :]
             if i_jb == i_qb:  # Σ_{t ≥ u > s} M_ts inside the diagonal block
-                b_pre = tl.where(m_ij, tl.cumsum(b_m, axis=1) - b_m, 0.0)
+                # M formed here as W·CB, not as the row sums' (M/dt)·dt: one value used by both
+                # made the compiler move the whole tile to the scan's layout at every pair
+                b_md = b_w * b_cb
+                b_pre = tl.where(m_ij, tl.cumsum(b_md, axis=1) - b_md, 0.0)
                 tl.store(DIAG + buf0 + i_qb * BLOCK_Q + o_i, tl.sum(b_pre, axis=0))
-            b_dcb += b_wn * b_dt_j[None, :]
+            b_dcb += b_w
         b_dc += _dot(b_dcb.to(b_bj.dtype), b_bj, PREC, F32)
         b_dbj = _dot(tl.trans(b_dcb).to(b_ci.dtype), b_ci, PREC, F32)  # (BQ_s, N)
         p_dbj = DB + i_b64 * s_gb + o_tj[:, None].to(tl.int64) * s_gl + i_g * s_gg + o_n[None, :] * s_gn
