@@ -24,8 +24,23 @@ import torch.nn.functional as F
 VOCAB = 264
 
 
-def step_timer(model, batch, seqlen, steps=8, warmup=3):
-    """(tokens/s, peak GiB) of full training steps: forward, loss, backward, fused AdamW."""
+def block_times(step, steps, repeats, sync=lambda: None):
+    """Seconds per call of `step` in each of `repeats` consecutive blocks of `steps` calls."""
+    out = []
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync()
+        out.append((time.perf_counter() - t0) / steps)
+    return out
+
+
+def step_timer(model, batch, seqlen, steps=5, warmup=3, repeats=3):
+    """(median, lowest, highest tokens/s over `repeats` blocks of `steps` training steps, peak
+    GiB): forward, loss, backward, fused AdamW. One block of 10 steps spread ±15 % between
+    runs of one model (H200, 2026-12-04), so the table shows the spread of its blocks."""
     model = model.cuda().float().train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     ids = torch.randint(0, VOCAB, (batch, seqlen + 1), device="cuda")
@@ -43,12 +58,8 @@ def step_timer(model, batch, seqlen, steps=8, warmup=3):
         step()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    torch.cuda.synchronize()
-    dt = (time.perf_counter() - t0) / steps
-    return batch * seqlen / dt, torch.cuda.max_memory_allocated() / 2 ** 30
+    rates = sorted(batch * seqlen / t for t in block_times(step, steps, repeats, torch.cuda.synchronize))
+    return rates[len(rates) // 2], rates[0], rates[-1], torch.cuda.max_memory_allocated() / 2 ** 30
 
 
 def n_params(model):
@@ -105,14 +116,18 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", default="8x2048,2x8192")
     ap.add_argument("--anchor-src", default=".carry/mamba_ssm_src")
-    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=5, help="training steps per timed block")
+    ap.add_argument("--repeats", type=int, default=3, help="timed blocks (the median is shown)")
     args = ap.parse_args()
+    if args.steps < 1 or args.repeats < 1:
+        sys.exit(f"--steps {args.steps} --repeats {args.repeats}: both must be at least 1")
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     models = list(bytelm_models()) + list(mamba_ssm_models(args.anchor_src)) + \
         [("transformers Llama sdpa (12L d768 MLP2048)", llama_model)]
     from bytelm.kernels import kernel_backends
     print(f"# {datetime.date.today()} {torch.cuda.get_device_name()} torch {torch.__version__}")
     print(f"# bytelm backends on cuda: {kernel_backends('cuda')}")
+    print(f"# tokens/s: median of {args.repeats} blocks of {args.steps} steps (lowest-highest)")
     print("| model | params | batch x len | tokens/s | peak GiB |")
     print("|---|---|---|---|---|")
     for name, build in models:
@@ -120,8 +135,9 @@ def main():
             try:
                 model = build()
                 params = f"{n_params(model) / 1e6:.1f} M"
-                tps, peak = step_timer(model, batch, seqlen, steps=args.steps)
-                print(f"| {name} | {params} | {batch}x{seqlen} | {tps / 1e3:.0f} k | {peak:.1f} |", flush=True)
+                tps, lo, hi, peak = step_timer(model, batch, seqlen, steps=args.steps, repeats=args.repeats)
+                print(f"| {name} | {params} | {batch}x{seqlen} | {tps / 1e3:.0f} k ({lo / 1e3:.0f}-{hi / 1e3:.0f}) "
+                      f"| {peak:.1f} |", flush=True)
             except Exception as err:  # one model failing must not hide the others
                 msg = repr(err).replace("|", "/").splitlines()[0][:150]
                 print(f"| {name} | | {batch}x{seqlen} | not run: {msg} | |", flush=True)

@@ -24,7 +24,7 @@
 #         compiles), the SSD table (its backward variants included), and the last 40 % of the
 #         selective-scan tests.
 # Env: PYTEST_S (300), CHECK_S (60), LOSS_S (200), SWEEP_S (200), BENCH1_S (60), BENCH2_S (240),
-#      MODELS_S (200), PROFILE_S (150): each step's limit in seconds; SWEEP_PARTS (bwd31,bwd3);
+#      MODELS_S (240), PROFILE_S (150): each step's limit in seconds; SWEEP_PARTS (bwd31,bwd3);
 #      LOSS_REF: a folder holding an earlier round's loss_ref.json and loss_ref.metrics.jsonl
 #      (the reference ops do not change), to run only the Triton side; PYTEST_K: a -k filter
 #      for the kernel test files.
@@ -99,7 +99,7 @@ bench() {
   step bench_mamba2 "${BENCH2_S:-240}" python3 scripts/bench_kernels_mamba2.py --anchor-src .carry/mamba_ssm_src
 }
 models() {
-  step bench_models "${MODELS_S:-200}" python3 scripts/bench_models.py --anchor-src .carry/mamba_ssm_src
+  step bench_models "${MODELS_S:-240}" python3 scripts/bench_models.py --anchor-src .carry/mamba_ssm_src
 }
 pending() {
   step grad_errors "${PYTEST_S:-300}" python3 scripts/ssd_grad_errors.py --rect on
@@ -111,7 +111,7 @@ pending() {
   # the grouped SSD backward in the whole models (loss and gradients against the reference ops,
   # then one training step of every base preset)
   step model_check "${CHECK_S:-60}" python3 scripts/gpu_check_mamba2.py --no-pytest
-  step bench_models_grouped "${MODELS_S:-200}" env BYTELM_SSD_BWD=grouped python3 scripts/bench_models.py \
+  step bench_models_grouped "${MODELS_S:-240}" env BYTELM_SSD_BWD=grouped python3 scripts/bench_models.py \
     --anchor-src .carry/mamba_ssm_src
   python3 -m pytest --co -q -o addopts="" tests/test_selective_scan_triton.py 2>/dev/null | grep :: >"$LOGDIR/scan_ids.txt"
   local n; n=$(wc -l <"$LOGDIR/scan_ids.txt")

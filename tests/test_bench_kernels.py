@@ -13,6 +13,7 @@ sys.path.insert(0, str(SCRIPTS))
 
 import bench_kernels  # noqa: E402
 import bench_kernels_mamba2  # noqa: E402
+import bench_models  # noqa: E402
 
 
 def test_mamba2_family_prints_its_own_table(monkeypatch):
@@ -35,3 +36,16 @@ def test_without_a_gpu_it_says_so_in_one_line():
         assert r.returncode != 0
         assert r.stderr.strip().splitlines() == [
             f"{script}: no CUDA GPU visible; it times GPU kernels, run it on the GPU machine"]
+
+
+def test_bench_models_times_blocks_and_rejects_empty_ones():
+    """bench_models.block_times: one per-call time per block, the sync around every block;
+    --steps / --repeats below 1 are a one-line error, not a division by zero."""
+    calls, syncs = [], []
+    times = bench_models.block_times(lambda: calls.append(1), steps=4, repeats=3, sync=lambda: syncs.append(1))
+    assert len(times) == 3 and all(t >= 0 for t in times)
+    assert len(calls) == 12 and len(syncs) == 6
+    res = subprocess.run([sys.executable, str(SCRIPTS / "bench_models.py"), "--repeats", "0"],
+                         capture_output=True, text=True)
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert "at least 1" in res.stderr.strip().splitlines()[-1]
