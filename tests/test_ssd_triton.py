@@ -203,6 +203,60 @@ def test_ssd_backward_matches_reference(monkeypatch, dtype, seqlen, groups, with
             assert rel_err(got[name], want[name]) <= TOL[dtype], (name, rel_err(got[name], want[name]))
 
 
+@pytest.mark.parametrize("grouped,group_state", [(False, 1), (True, 1), (True, 0)])
+def test_ssd_backward_with_slow_decay_reaches_every_block_pair(monkeypatch, grouped, group_state):
+    """With the test inputs' decay (dt·A ~ -0.3 per token) a source block two or more blocks
+    before its queries contributes ~e^-20: no other test sees the far block pairs. Here dt·A ~
+    -0.004 per token, so every pair of a 4-block chunk counts (the grouped tail's pair totals for
+    j < k < i included); every gradient in float64, documents and initial state as well."""
+    chunk, block = (256, 64) if CUDA else (64, 16)
+    monkeypatch.setenv("BYTELM_SSD_BWD", "triton")
+    for key, val in (("BLOCK_Q", block), ("grouped", grouped), ("group_heads", 2),
+                     ("group_state", group_state)):
+        monkeypatch.setitem(triton_bwd.BWD_CFG, key, val)
+    x, dt, A, B, C, D, z, dt_bias, init, seq_idx = inputs(2, 2 * chunk + 7, 1, torch.float32, True,
+                                                          with_z=True, d_per_p=False, seed=21)
+    A, dt_bias = A * 0.02, torch.full_like(dt_bias, -4.0)  # dt ~ softplus(-4 ± 1) ~ 0.02
+    seq_idx = (seq_idx > 2).int()  # two documents per row, the first one long
+    vals = (x, dt, A, B, C, D, z, dt_bias, init)
+    names = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")
+
+    def run(fn, cast):
+        leaves = [cast(v).clone().requires_grad_() for v in vals]
+        y, fs = fn(*leaves[:5], chunk, *leaves[5:8], True, leaves[8], seq_idx, True)
+        (y.double().sum() + fs.double().square().sum()).backward()
+        return {n: leaf.grad for n, leaf in zip(names, leaves)}
+
+    got, want = run(ssd, lambda t: t), run(ssd_ref, lambda t: t.double())
+    for name in names:
+        assert rel_err(got[name], want[name]) <= 1e-5, (name, rel_err(got[name], want[name]))
+
+
+@pytest.mark.parametrize("group_state", [1, 0])
+def test_ssd_grouped_backward_with_one_block_per_chunk_and_runs_of_one_head(monkeypatch, group_state):
+    """BWD_CFG["grouped"] where the other tests do not reach: a chunk of a single token block
+    (the tail's one-row tiles) and runs of one head, so every group of two heads spans two
+    programs; groups 2, documents, initial state, z, per-channel D, every gradient in float64."""
+    chunk = 64 if CUDA else 16
+    monkeypatch.setenv("BYTELM_SSD_BWD", "grouped")
+    for key, val in (("BLOCK_Q", chunk), ("group_heads", 1), ("group_state", group_state)):
+        monkeypatch.setitem(triton_bwd.BWD_CFG, key, val)
+    vals = inputs(2, 2 * chunk + 5, 2, torch.float32, True, with_z=True, d_per_p=True, seed=11)
+    seq_idx = vals[9]
+    names = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")
+
+    def run(fn, cast):
+        leaves = [cast(v).clone().requires_grad_() for v in vals[:9]]
+        y, fs = fn(*leaves[:5], chunk, *leaves[5:8], True, leaves[8], seq_idx, True)
+        (y.double().sum() + fs.double().square().sum()).backward()
+        return {n: leaf.grad for n, leaf in zip(names, leaves)}
+
+    got, want = run(ssd, lambda t: t), run(ssd_ref, lambda t: t.double())
+    for name in names:
+        assert not got[name].isnan().any(), name
+        assert rel_err(got[name], want[name]) <= 1e-5, (name, rel_err(got[name], want[name]))
+
+
 @pytest.mark.parametrize("dstate,workaround,wide_block", [
     (16, False, 64), (16, True, 64), (256, False, 64), (256, True, 64), (256, False, 32), (256, True, 32),
     (256, False, 16), (256, True, 16)])

@@ -494,14 +494,14 @@ def _grouped_tail_kernel(
     b_d += tl.load(DIAG + base + o_q).to(f64)
     b_dt = tl.load(DT_BUF + base + o_q).to(f64)
     b_ddt = tl.zeros([n_qb, BLOCK_Q], dtype=f64)
+    # only the pairs j <= i were written: the loads are masked to them
     for i in tl.static_range(n_qb):  # COLS[i, :]: pair (i, j = k) column sums of M / dt, s in block k
-        b_c = tl.load(COLS + (i_bc * n_qb + i) * Q + o_q).to(f64)
+        b_c = tl.load(COLS + (i_bc * n_qb + i) * Q + o_q, mask=o_k[:, None] <= i, other=0.0).to(f64)
         b_ddt += tl.where(o_k[:, None] <= i, b_c, 0.0)
         b_cm = b_c * b_dt
         b_d += tl.where(o_k[:, None] < i, tl.cumsum(b_cm, axis=1) - b_cm, 0.0)
     for j in tl.static_range(n_qb):  # ROWS[j, :]: pair (i = k, j) row sums of M, t in block k
-        b_r = tl.load(ROWS + (i_bc * n_qb + j) * Q + o_q).to(f64)
-        b_r = tl.where(o_k[:, None] > j, b_r, 0.0)
+        b_r = tl.load(ROWS + (i_bc * n_qb + j) * Q + o_q, mask=o_k[:, None] > j, other=0.0).to(f64)
         b_d += tl.cumsum(b_r, axis=1, reverse=True)
         b_rt = tl.sum(b_r, axis=1)  # (n,) over i: the pair (i, j) totals
         b_d += tl.where(o_k > j, tl.cumsum(b_rt, axis=0, reverse=True) - b_rt, 0.0)[:, None]
