@@ -354,6 +354,24 @@ def test_backward_variant_matches_reference(monkeypatch, L, groups, chunk, opts,
                chunk_size=chunk, grad_y=grad_y, grad_final=grad_final)
 
 
+@pytest.mark.parametrize("fwd,bwd,seq", [("auto", "grouped", False), ("auto", "grouped", True),
+                                         ("seq", "seq", False), ("chunked", "chunked", False),
+                                         ("lanes", "grouped", False)])
+def test_scan_with_slow_decay_carries_state_across_chunks(monkeypatch, fwd, bwd, seq):
+    """make_inputs' decay (Δ·A ~ -0.1 to -0.8 per step) forgets a state within tens of steps, so
+    what crosses a chunk boundary barely reaches the outputs there. Here Δ·A ~ -0.001 per step:
+    the state carries across every chunk of the row, and each forward / backward version's
+    chunk passes must get it right (every gradient in float64)."""
+    monkeypatch.setenv("BYTELM_SCAN_FWD", fwd)
+    monkeypatch.setenv("BYTELM_SCAN_BWD", bwd)
+    L = LENGTHS[-1]
+    inputs = make_inputs(2, DIM, NSTATE, L, 2, torch.float32)
+    inputs["A"] = -(0.005 + 0.01 * torch.rand(DIM, NSTATE, device=DEVICE))
+    inputs["delta_bias"] = torch.full((DIM,), -3.0, device=DEVICE)  # Δ ~ softplus(-3 ± 0.5) ~ 0.05
+    check_scan(inputs, torch.float32, seq_idx=packed_seq_idx(2, L, ndocs=2) if seq else None,
+               chunk_size=16 if not CUDA else 256)
+
+
 @pytest.mark.parametrize("L,groups,chunk,opts", [SEQ_BWD_CASES[-2]])
 def test_sequential_backward_with_its_own_state_tiles(monkeypatch, L, groups, chunk, opts):
     """Version 3 with SEQ_BWD_CFG states="own" (the default is "v2", version 2's tiling of the
