@@ -208,7 +208,8 @@ def test_ssd_backward_with_slow_decay_reaches_every_block_pair(monkeypatch, grou
     """With the test inputs' decay (dt·A ~ -0.3 per token) a source block two or more blocks
     before its queries contributes ~e^-20: no other test sees the far block pairs. Here dt·A ~
     -0.004 per token, so every pair of a 4-block chunk counts (the grouped tail's pair totals for
-    j < k < i included); every gradient in float64, documents and initial state as well."""
+    j < k < i included) and the forward's state passes carry across every chunk: y, the final
+    state and every gradient in float64, documents and initial state as well."""
     chunk, block = (256, 64) if CUDA else (64, 16)
     monkeypatch.setenv("BYTELM_SSD_BWD", "triton")
     for key, val in (("BLOCK_Q", block), ("grouped", grouped), ("group_heads", 2),
@@ -225,10 +226,10 @@ def test_ssd_backward_with_slow_decay_reaches_every_block_pair(monkeypatch, grou
         leaves = [cast(v).clone().requires_grad_() for v in vals]
         y, fs = fn(*leaves[:5], chunk, *leaves[5:8], True, leaves[8], seq_idx, True)
         (y.double().sum() + fs.double().square().sum()).backward()
-        return {n: leaf.grad for n, leaf in zip(names, leaves)}
+        return {"y": y, "final_state": fs, **{n: leaf.grad for n, leaf in zip(names, leaves)}}
 
     got, want = run(ssd, lambda t: t), run(ssd_ref, lambda t: t.double())
-    for name in names:
+    for name in want:
         assert rel_err(got[name], want[name]) <= 1e-5, (name, rel_err(got[name], want[name]))
 
 
