@@ -17,12 +17,11 @@
 #         GPU to itself;
 # models: bench_models.py (one training step of every base preset and anchor);
 # profile: profile_kernels.py (CUDA time per launched kernel of each op's training step).
-# pending: every SSD gradient's error against float64 at the backward test's shapes
-#         (scripts/ssd_grad_errors.py), the same for the grouped backward and its model check and
-#         training-step timing (BYTELM_SSD_BWD=grouped), the d_state-256 BLOCK_Q 32 / 16 candidates at the synthetic
-#         models' shapes (not yet run on a GPU: they need more than 120 s each there, mostly
-#         compiles), the SSD table (its backward variants included), and the last 40 % of the
-#         selective-scan tests.
+# pending: the SSD table with the grouped backward's variants, its float64 check, the tests
+#         added on 2026-12-04 at GPU shapes (slow decay, one block per chunk), the model check
+#         and a training step of every base preset with BYTELM_SSD_BWD=grouped, the d_state-256
+#         BLOCK_Q 32 / 16 candidates, and the last 40 % of the selective-scan tests; more than
+#         one device call: PENDING_FROM=N resumes after the first N steps.
 # Env: PYTEST_S (300), CHECK_S (60), LOSS_S (200), SWEEP_S (200), BENCH1_S (60), BENCH2_S (240),
 #      MODELS_S (240), PROFILE_S (150): each step's limit in seconds; SWEEP_PARTS (bwd31,bwd3);
 #      LOSS_REF: a folder holding an earlier round's loss_ref.json and loss_ref.metrics.jsonl
@@ -101,18 +100,28 @@ bench() {
 models() {
   step bench_models "${MODELS_S:-240}" python3 scripts/bench_models.py --anchor-src .carry/mamba_ssm_src
 }
-pending() {
-  step grad_errors "${PYTEST_S:-300}" python3 scripts/ssd_grad_errors.py --rect on
-  # BWD_CFG["grouped"] (opt-in): its float64 check (the bench below times it as a variant)
-  step grad_errors_grouped "${PYTEST_S:-300}" python3 scripts/ssd_grad_errors.py --rect on --cfg grouped=1
-  step pytest_ssd_wide "${PYTEST_S:-300}" python3 -m pytest -q -rf -o addopts="" tests/test_ssd_triton.py \
-    -k "synthetic_models and 256 and not 64"
-  step bench_ssd "${BENCH2_S:-240}" python3 scripts/bench_kernels_mamba2.py --ssd-only
-  # the grouped SSD backward in the whole models (loss and gradients against the reference ops,
-  # then one training step of every base preset)
-  step model_check "${CHECK_S:-60}" python3 scripts/gpu_check_mamba2.py --no-pytest
-  step bench_models_grouped "${MODELS_S:-240}" env BYTELM_SSD_BWD=grouped python3 scripts/bench_models.py \
+pending() {  # in the order that decides most first; ~10 minutes in all, so two device calls
+  # (PENDING_FROM=N skips the first N steps, for the second call)
+  local i=0 from=${PENDING_FROM:-0}
+  run_p() { i=$((i + 1)); [ "$i" -le "$from" ] && return 0; step "$@"; }
+  # 1. the SSD table: the grouped backward (opt-in) and its variants timed beside the default,
+  #    each one's gradients compared with the default's
+  run_p bench_ssd "${BENCH2_S:-240}" python3 scripts/bench_kernels_mamba2.py --ssd-only
+  # 2. the grouped backward's float64 check at the test shapes (the default's ran 2026-12-04)
+  run_p grad_errors_grouped "${PYTEST_S:-300}" python3 scripts/ssd_grad_errors.py --rect on --cfg grouped=1
+  # 3. the tests added on 2026-12-04 at GPU shapes: slow decay (far block pairs, long memory),
+  #    one block per chunk, the BYTELM_SSD_BWD switch
+  run_p pytest_new "${PYTEST_S:-300}" python3 -m pytest -q -rf -o addopts="" tests/test_ssd_triton.py \
+    tests/test_selective_scan_triton.py -k "slow_decay or one_block_per_chunk or backward_switch"
+  # 4. the grouped SSD backward in the whole models (loss and gradients against the reference
+  #    ops), then one training step of every base preset with it
+  run_p model_check "${CHECK_S:-60}" python3 scripts/gpu_check_mamba2.py --no-pytest
+  run_p bench_models_grouped "${MODELS_S:-240}" env BYTELM_SSD_BWD=grouped python3 scripts/bench_models.py \
     --anchor-src .carry/mamba_ssm_src
+  # 5. the d_state-256 BLOCK_Q 32 / 16 candidates (not defaults; > 120 s each there)
+  run_p pytest_ssd_wide "${PYTEST_S:-300}" python3 -m pytest -q -rf -o addopts="" tests/test_ssd_triton.py \
+    -k "synthetic_models and 256 and not 64"
+  i=$((i + 1)); [ "$i" -le "$from" ] && return 0
   python3 -m pytest --co -q -o addopts="" tests/test_selective_scan_triton.py 2>/dev/null | grep :: >"$LOGDIR/scan_ids.txt"
   local n; n=$(wc -l <"$LOGDIR/scan_ids.txt")
   if [ "$n" -gt 0 ]; then  # the last 40 %: the part the 2026-12-03 rounds did not reach
