@@ -24,6 +24,10 @@ def rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
+# mode -> BYTELM_SSD_BWD; BYTELM_KERNELS is the part before "+"; the first mode is the reference
+MODES = {"ref": "ref", "auto": "ref", "auto+ssd_bwd": "triton", "auto+grouped": "grouped"}
+
+
 def model_check():
     from bytelm.models import LM, make_config
     torch.manual_seed(0)
@@ -31,9 +35,9 @@ def model_check():
     ids = torch.randint(0, 264, (2, 1500), device="cuda")
     doc = torch.cumsum((torch.rand(2, 1500, device="cuda") < 0.002).int(), 1)
     out = {}
-    for mode in ("ref", "auto", "auto+ssd_bwd", "auto+grouped"):
+    for mode, ssd_bwd in MODES.items():
         os.environ["BYTELM_KERNELS"] = mode.split("+")[0]
-        os.environ["BYTELM_SSD_BWD"] = {"auto+ssd_bwd": "triton", "auto+grouped": "grouped"}.get(mode, "ref")
+        os.environ["BYTELM_SSD_BWD"] = ssd_bwd
         model.zero_grad()
         with torch.autocast("cuda", dtype=torch.bfloat16):
             logits = model(ids, doc_ids=doc)
@@ -47,7 +51,7 @@ def model_check():
     os.environ.pop("BYTELM_SSD_BWD")
     lr, gr, nr = out["ref"]
     ok = True
-    for mode in ("auto", "auto+ssd_bwd", "auto+grouped"):
+    for mode in list(MODES)[1:]:
         la, ga, na = out[mode]
         worst = max((rel(ga[n], gr[n]), n) for n in gr)
         print(f"model {mode}: loss ref {lr:.5f} {mode} {la:.5f}; no-grad logits rel {rel(na, nr):.2e}; "

@@ -2,9 +2,9 @@
 
     python scripts/ssd_grad_errors.py [--rect on|off|both] [--cases N,...] [--cfg KEY=INT ...]
 
-The cases and inputs are those of tests/test_ssd_triton.py::test_ssd_backward_matches_reference
-(GPU: 8 heads, headdim 64, d_state 128, chunk 256; CPU: the interpreter's tiny shapes), run with
-BWD_CFG["rect_dA"] on and/or off. The test stops at the first gradient over its tolerance; this
+The cases, inputs and cotangents are those of test_ssd_backward_matches_reference
+(tests/test_ssd_triton.py: BWD_CASES and backward_case; GPU: 8 heads, headdim 64, d_state 128,
+chunk 256; CPU: the interpreter's tiny shapes), run with BWD_CFG["rect_dA"] on and/or off. The test stops at the first gradient over its tolerance; this
 prints all of them (one line per case, the worst marked), so a precision change can be read off
 in one run. --cfg sets other triton_bwd.BWD_CFG entries (e.g. --cfg grouped=1). Exit 1 when any
 gradient misses the test's tolerance.
@@ -26,36 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import test_ssd_triton as T  # noqa: E402  (the test's shapes, inputs and tolerances)
 
 from bytelm.kernels.ssd import triton_bwd  # noqa: E402
-from bytelm.kernels.ssd.reference import ssd_ref  # noqa: E402
-from bytelm.kernels.ssd.triton_op import ssd  # noqa: E402
-
-NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")
-CASES = [  # (dtype, seqlen, groups, with_state): the test's parametrization
-    (torch.float32, T.LENGTHS[0], 1, False), (torch.float32, T.LENGTHS[0], 2, True),
-    (torch.float32, T.LENGTHS[-1], 1, False), (torch.float32, T.LENGTHS[-1], 1, True),
-    (torch.float32, T.LENGTHS[-1], 2, True), (torch.float32, 2 * T.BWD_CHUNK + 13, 2, True),
-    (torch.bfloat16, T.LENGTHS[-1], 2, True),
-]
-
 
 def case_errors(dtype, seqlen, groups, with_state):
-    vals = T.inputs(2, seqlen, groups, dtype, with_state, with_z=with_state, d_per_p=groups == 2,
-                    seed=seqlen + groups)
-    seq_idx = vals[9]
-    g = torch.Generator().manual_seed(5)
-    w_y = torch.randn(vals[0].shape, generator=g).to(T.DEV)
-    init = vals[8]
-    w_f = torch.randn(2, *init.shape[1:] if init is not None else
-                      (T.SHAPE["heads"], T.SHAPE["headdim"], T.SHAPE["dstate"]), generator=g).to(T.DEV)
-
-    def grads(fn, cast):
-        leaves = [None if v is None else cast(v).clone().requires_grad_() for v in vals[:9]]
-        y, fs = fn(*leaves[:5], T.BWD_CHUNK, *leaves[5:8], True, leaves[8], seq_idx, True)
-        ((y.double() * w_y.double()).sum() + (fs.double() * w_f.double()).sum()).backward()
-        return y, fs, {n: leaf.grad for n, leaf in zip(NAMES, leaves) if leaf is not None}
-
-    y, fs, got = grads(ssd, lambda t: t)
-    yr, fr, want = grads(ssd_ref, lambda t: t.double())
+    _, (y, fs, got), (yr, fr, want) = T.backward_case(dtype, seqlen, groups, with_state)
     errs = {"y": T.rel_err(y, yr), "final": T.rel_err(fs, fr)}
     for name in want:
         errs[name] = T.rel_err(got[name], want[name]) if want[name].norm() >= 1e-6 else \
@@ -77,14 +50,14 @@ def main():
         triton_bwd.BWD_CFG[key] = int(val)
     os.environ["BYTELM_SSD_BWD"] = "triton"
     triton_bwd.BWD_CFG["BLOCK_Q"] = T.BWD_BLOCK
-    picked = [int(i) for i in a.cases.split(",") if i] or range(len(CASES))
+    picked = [int(i) for i in a.cases.split(",") if i] or range(len(T.BWD_CASES))
     ok = True
     for rect in {"on": [True], "off": [False], "both": [False, True]}[a.rect]:
         triton_bwd.BWD_CFG["rect_dA"] = rect
         extra = "".join(f", {item}" for item in a.cfg)
         print(f"rect_dA {'on' if rect else 'off'}{extra} ({T.DEV}, shape {T.SHAPE}, chunk {T.BWD_CHUNK})")
         for i in picked:
-            dtype, seqlen, groups, with_state = CASES[i]
+            dtype, seqlen, groups, with_state = T.BWD_CASES[i]
             errs = case_errors(dtype, seqlen, groups, with_state)
             tol = T.TOL[dtype]
             worst = max(errs, key=errs.get)

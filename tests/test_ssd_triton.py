@@ -154,12 +154,51 @@ def test_ssd_state_update_matches_reference_and_scan(groups):
 BWD_CHUNK, BWD_BLOCK = (256, 64) if CUDA else (32, 16)
 
 
-@pytest.mark.parametrize("dtype,seqlen,groups,with_state", [
+GRAD_NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")
+# (dtype, seqlen, groups, with_state) of test_ssd_backward_matches_reference (and of
+# scripts/ssd_grad_errors.py, which prints every gradient's error for them)
+BWD_CASES = [
     (torch.float32, LENGTHS[0], 1, False), (torch.float32, LENGTHS[0], 2, True),
     (torch.float32, LENGTHS[-1], 1, False), (torch.float32, LENGTHS[-1], 1, True),
     (torch.float32, LENGTHS[-1], 2, True), (torch.float32, 2 * BWD_CHUNK + 13, 2, True),
     (torch.bfloat16, LENGTHS[-1], 2, True),
-])
+]
+
+
+def backward_case(dtype, seqlen, groups, with_state):
+    """One BWD_CASES case through the Triton op and through the float64 reference, with random
+    cotangents for y and the final state: (inputs, (y, final, grads), (y, final, grads))."""
+    vals = inputs(2, seqlen, groups, dtype, with_state, with_z=with_state, d_per_p=groups == 2,
+                  seed=seqlen + groups)
+    x, init, seq_idx = vals[0], vals[8], vals[9]
+    g = torch.Generator().manual_seed(5)
+    w_y = torch.randn(x.shape, generator=g).to(DEV)
+    w_f = torch.randn(2, *init.shape[1:] if init is not None else
+                      (SHAPE["heads"], SHAPE["headdim"], SHAPE["dstate"]), generator=g).to(DEV)
+
+    def grads(fn, cast):
+        leaves = [None if v is None else cast(v).clone().requires_grad_() for v in vals[:9]]
+        y, fs = fn(*leaves[:5], BWD_CHUNK, *leaves[5:8], True, leaves[8], seq_idx, True)
+        ((y.double() * w_y.double()).sum() + (fs.double() * w_f.double()).sum()).backward()
+        return y, fs, {n: leaf.grad for n, leaf in zip(GRAD_NAMES, leaves) if leaf is not None}
+
+    return vals, grads(ssd, lambda t: t), grads(ssd_ref, lambda t: t.double())
+
+
+def ssd_and_reference(vals, chunk, seq_idx):
+    """y, the final state and every gradient of y.sum() + |final state|², through the Triton op
+    and through the float64 reference: two dicts by name (inputs that are None left out)."""
+    def run(fn, cast):
+        leaves = [None if v is None else cast(v).clone().requires_grad_() for v in vals[:9]]
+        y, fs = fn(*leaves[:5], chunk, *leaves[5:8], True, leaves[8], seq_idx, True)
+        (y.double().sum() + fs.double().square().sum()).backward()
+        return {"y": y, "final_state": fs,
+                **{n: leaf.grad for n, leaf in zip(GRAD_NAMES, leaves) if leaf is not None}}
+
+    return run(ssd, lambda t: t), run(ssd_ref, lambda t: t.double())
+
+
+@pytest.mark.parametrize("dtype,seqlen,groups,with_state", BWD_CASES)
 @pytest.mark.parametrize("grouped,group_state", [(False, 1), (True, 1), (True, 0)])
 def test_ssd_backward_matches_reference(monkeypatch, dtype, seqlen, groups, with_state, grouped,
                                         group_state):
@@ -174,24 +213,8 @@ def test_ssd_backward_matches_reference(monkeypatch, dtype, seqlen, groups, with
     monkeypatch.setitem(triton_bwd.BWD_CFG, "grouped", grouped)
     monkeypatch.setitem(triton_bwd.BWD_CFG, "group_heads", 2)
     monkeypatch.setitem(triton_bwd.BWD_CFG, "group_state", group_state)
-    vals = inputs(2, seqlen, groups, dtype, with_state, with_z=with_state, d_per_p=groups == 2,
-                  seed=seqlen + groups)
-    x, dt, A, B, C, D, z, dt_bias, init, seq_idx = vals
-    g = torch.Generator().manual_seed(5)
-    w_y = torch.randn(x.shape, generator=g).to(DEV)
-    w_f = torch.randn(2, *init.shape[1:] if init is not None else
-                      (SHAPE["heads"], SHAPE["headdim"], SHAPE["dstate"]), generator=g).to(DEV)
-    names = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")
-
-    def grads(fn, cast):
-        leaves = [None if v is None else cast(v).clone().requires_grad_() for v in vals[:9]]
-        lx, ldt, lA, lB, lC, lD, lz, lbias, linit = leaves
-        y, fs = fn(lx, ldt, lA, lB, lC, BWD_CHUNK, lD, lz, lbias, True, linit, seq_idx, True)
-        ((y.double() * w_y.double()).sum() + (fs.double() * w_f.double()).sum()).backward()
-        return y, fs, {n: leaf.grad for n, leaf in zip(names, leaves) if leaf is not None}
-
-    y, fs, got = grads(ssd, lambda t: t)
-    yr, fr, want = grads(ssd_ref, lambda t: t.double())
+    vals, (y, fs, got), (yr, fr, want) = backward_case(dtype, seqlen, groups, with_state)
+    names = GRAD_NAMES
     assert rel_err(y, yr) <= TOL[dtype] and rel_err(fs, fr) <= TOL[dtype]
     assert set(got) == set(want)
     for name in want:
@@ -219,16 +242,7 @@ def test_ssd_backward_with_slow_decay_reaches_every_block_pair(monkeypatch, grou
                                                           with_z=True, d_per_p=False, seed=21)
     A, dt_bias = A * 0.02, torch.full_like(dt_bias, -4.0)  # dt ~ softplus(-4 ± 1) ~ 0.02
     seq_idx = (seq_idx > 2).int()  # two documents per row, the first one long
-    vals = (x, dt, A, B, C, D, z, dt_bias, init)
-    names = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")
-
-    def run(fn, cast):
-        leaves = [cast(v).clone().requires_grad_() for v in vals]
-        y, fs = fn(*leaves[:5], chunk, *leaves[5:8], True, leaves[8], seq_idx, True)
-        (y.double().sum() + fs.double().square().sum()).backward()
-        return {"y": y, "final_state": fs, **{n: leaf.grad for n, leaf in zip(names, leaves)}}
-
-    got, want = run(ssd, lambda t: t), run(ssd_ref, lambda t: t.double())
+    got, want = ssd_and_reference((x, dt, A, B, C, D, z, dt_bias, init), chunk, seq_idx)
     for name in want:
         assert rel_err(got[name], want[name]) <= 1e-5, (name, rel_err(got[name], want[name]))
 
@@ -243,17 +257,8 @@ def test_ssd_grouped_backward_with_one_block_per_chunk_and_runs_of_one_head(monk
     for key, val in (("BLOCK_Q", chunk), ("group_heads", 1), ("group_state", group_state)):
         monkeypatch.setitem(triton_bwd.BWD_CFG, key, val)
     vals = inputs(2, 2 * chunk + 5, 2, torch.float32, True, with_z=True, d_per_p=True, seed=11)
-    seq_idx = vals[9]
-    names = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")
-
-    def run(fn, cast):
-        leaves = [cast(v).clone().requires_grad_() for v in vals[:9]]
-        y, fs = fn(*leaves[:5], chunk, *leaves[5:8], True, leaves[8], seq_idx, True)
-        (y.double().sum() + fs.double().square().sum()).backward()
-        return {n: leaf.grad for n, leaf in zip(names, leaves)}
-
-    got, want = run(ssd, lambda t: t), run(ssd_ref, lambda t: t.double())
-    for name in names:
+    got, want = ssd_and_reference(vals, chunk, vals[9])
+    for name in GRAD_NAMES:
         assert not got[name].isnan().any(), name
         assert rel_err(got[name], want[name]) <= 1e-5, (name, rel_err(got[name], want[name]))
 
@@ -376,17 +381,8 @@ def test_ssd_rectangle_sum_keeps_da_precise_over_a_long_chunk(monkeypatch, with_
     shape = dict(heads=2, headdim=64, dstate=128, chunk=256)
     vals = inputs(2, 1000, 1, torch.float32, with_state, with_z=with_state, d_per_p=False,
                   seed=1001, shape=shape)
-    seq_idx = vals[9]
-    names = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")
-
-    def run(fn, cast):
-        leaves = [None if v is None else cast(v).clone().requires_grad_() for v in vals[:9]]
-        y, fs = fn(*leaves[:5], 256, *leaves[5:8], True, leaves[8], seq_idx, True)
-        (y.double().sum() + fs.double().square().sum()).backward()
-        return {n: leaf.grad for n, leaf in zip(names, leaves) if leaf is not None}
-
-    got, want = run(ssd, lambda t: t), run(ssd_ref, lambda t: t.double())
-    for name in want:
+    got, want = ssd_and_reference(vals, 256, vals[9])
+    for name in (n for n in GRAD_NAMES if n in want):
         tol = 2e-6 if name in ("A", "dt_bias") else 1e-5
         assert rel_err(got[name], want[name]) <= tol, (name, rel_err(got[name], want[name]))
 

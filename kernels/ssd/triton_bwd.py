@@ -115,6 +115,38 @@ def _d_skip_bwd(b_dx, b_dy, b_x, D, DD, i_h, o_p, m_p, P: tl.constexpr, D_PER_P:
 
 
 @triton.jit
+def _query_block(C, DY, SEG, CUM_BUF, buf0, i_ib, o_s, b_cum_s, b_seg_s, i_b64, i_c, i_h, i_g, L,
+                 s_cb, s_cl, s_cg, s_cn, s_yb, s_yl, s_yh, s_yp, o_n, m_n, o_p, m_p,
+                 Q: tl.constexpr, BLOCK_Q: tl.constexpr, HAS_SEG: tl.constexpr):
+    """Query block i_ib of the chunk, seen from source tokens o_s: C_t (BQ, N), dY_t (BQ, P) and
+    the (s, t) decay e^{cum_t − cum_s}, zero where t < s, past L or across documents
+    (b_seg_s: the sources' documents; unused without HAS_SEG)."""
+    o_i = tl.arange(0, BLOCK_Q)
+    o_t = i_c * Q + i_ib * BLOCK_Q + o_i
+    m_t = o_t < L
+    b_cum_t = tl.load(CUM_BUF + buf0 + i_ib * BLOCK_Q + o_i)
+    p_c = C + i_b64 * s_cb + o_t[:, None].to(tl.int64) * s_cl + i_g * s_cg + o_n[None, :] * s_cn
+    b_c = tl.load(p_c, mask=m_t[:, None] & m_n[None, :], other=0.0)  # (BQ, N)
+    p_dy = DY + i_b64 * s_yb + o_t[:, None].to(tl.int64) * s_yl + i_h * s_yh + o_p[None, :] * s_yp
+    b_dy = tl.load(p_dy, mask=m_t[:, None] & m_p[None, :], other=0.0)  # (BQ, P)
+    m_st = (o_t[None, :] >= o_s[:, None]) & m_t[None, :]
+    if HAS_SEG:
+        b_seg_t = tl.load(SEG + i_b64 * L + o_t, mask=m_t, other=-2)
+        m_st = m_st & (b_seg_s[:, None] == b_seg_t[None, :])
+    b_dec = tl.exp(tl.where(m_st, b_cum_t[None, :] - b_cum_s[:, None], -float("inf")))  # (s, t)
+    return b_c, b_dy, b_dec
+
+
+@triton.jit
+def _carried_in_bwd(b_c, b_dy, b_s, b_in, PREC: tl.constexpr, F32: tl.constexpr):
+    """One query block's terms of the state S entering the chunk ((P, N), in the dot dtype):
+    the d cum_t (BQ,) and dC (BQ, N) of e^{cum_t} C_t S^T; b_in = e^{cum_t}, masked."""
+    b_cs = _dot(b_c, tl.trans(b_s), PREC, F32)  # (BQ, P) = C S^T
+    b_dcum_t = b_in * tl.sum(b_dy.to(tl.float32) * b_cs, axis=1)
+    return b_dcum_t, _dot(b_dy, b_s.to(b_dy.dtype), PREC, F32) * b_in[:, None]
+
+
+@triton.jit
 def _chunk_bwd_kernel(
     X, B, C, DY, D, SEG, DT_BUF, CUM_BUF, SUF_BUF, STATES, GSTATES,
     DX, DB, DC, DD, DDT, DCUM_T, DCUM_S, DCUM_END, RECT,
@@ -161,6 +193,8 @@ def _chunk_bwd_kernel(
         seg_end = tl.load(SEG + i_b64 * L + tl.minimum(i_c * Q + Q, L) - 1)
         b_decay_in = tl.where(b_seg == seg_prev, b_decay_in, 0.0)
         b_decay_out = tl.where(b_seg == seg_end, b_decay_out, 0.0)
+    else:
+        b_seg = o_tb  # no documents: a placeholder for _query_block, unused
     b_decay_in = tl.where(m_tb, b_decay_in, 0.0)
     b_decay_out = tl.where(m_tb, b_decay_out, 0.0)
 
@@ -218,18 +252,9 @@ def _chunk_bwd_kernel(
     if not RECT_DA:  # else the caller sums -dcum_s (only these terms then) in float64
         tl.atomic_add(DCUM_END + i_bh.to(tl.int64) * NC + i_c, tl.sum(b_e * b_dt, axis=0))
     for i_ib in range(i_qb, n_qb):  # query blocks t >= s
-        o_ti = i_c * Q + i_ib * BLOCK_Q + o_i
-        m_ti = o_ti < L
-        b_cum_i = tl.load(CUM_BUF + buf0 + i_ib * BLOCK_Q + o_i)
-        p_ci = C + i_b64 * s_cb + o_ti[:, None].to(tl.int64) * s_cl + i_g * s_cg + o_n[None, :] * s_cn
-        b_ci = tl.load(p_ci, mask=m_ti[:, None] & m_n[None, :], other=0.0)  # (BQ, N)
-        p_dyi = DY + i_b64 * s_yb + o_ti[:, None].to(tl.int64) * s_yl + i_h * s_yh + o_p[None, :] * s_yp
-        b_dyi = tl.load(p_dyi, mask=m_ti[:, None] & m_p[None, :], other=0.0)  # (BQ, P)
-        m_ji = (o_ti[None, :] >= o_tb[:, None]) & m_ti[None, :]
-        if HAS_SEG:
-            b_seg_i = tl.load(SEG + i_b64 * L + o_ti, mask=m_ti, other=-2)
-            m_ji = m_ji & (b_seg[:, None] == b_seg_i[None, :])
-        b_dec = tl.exp(tl.where(m_ji, b_cum_i[None, :] - b_cum[:, None], -float("inf")))  # (s, t)
+        b_ci, b_dyi, b_dec = _query_block(
+            C, DY, SEG, CUM_BUF, buf0, i_ib, o_tb, b_cum, b_seg, i_b64, i_c, i_h, i_g, L,
+            s_cb, s_cl, s_cg, s_cn, s_yb, s_yl, s_yh, s_yp, o_n, m_n, o_p, m_p, Q, BLOCK_Q, HAS_SEG)
         b_bc = _dot(b_b, tl.trans(b_ci).to(b_b.dtype), PREC, F32)  # (BQ_s, BQ_t) = B_s · C_t
         b_xdy = _dot(b_x, tl.trans(b_dyi).to(b_x.dtype), PREC, F32)  # (BQ_s, BQ_t) = x_s · dY_t
         b_k = b_bc * b_dec  # (s, t)
@@ -300,32 +325,32 @@ def _chunk_bwd_group_kernel(
     # -- per head: the carried-in state's dC and d cum_t; block i as a source of the carried-out
     # state, dB_i += f_i x_i G (f = e^{cum_end − cum} dt)
     b_dc = tl.zeros([BLOCK_Q, BLOCK_N], dtype=tl.float32)
-    b_db_out = tl.zeros([BLOCK_Q, BLOCK_N], dtype=tl.float32)
-    for hh in range(0, HPP if STATE_HERE else 0):  # (a constexpr trip count of 0 without)
-        i_h = i_g * HPG + i_sp * HPP + hh
-        i_bh64 = (i_b * H + i_h).to(tl.int64)
-        buf0 = (i_bh64 * NC + i_c) * Q + i_qb * BLOCK_Q
-        o_s0 = (i_bh64 * NC + i_c) * P * N
-        b_cum = tl.load(CUM_BUF + buf0 + o_i)
-        b_dt = tl.load(DT_BUF + buf0 + o_i)
-        b_in = tl.where(w_ok, tl.exp(b_cum), 0.0)
-        b_out = tl.exp(tl.load(SUF_BUF + buf0 + o_i))  # e^{cum_end − cum}
-        if HAS_SEG:
-            b_out = tl.where(b_seg_i == seg_end, b_out, 0.0)
-        b_out = tl.where(m_ti, b_out, 0.0) * b_dt
-        p_dy = DY + i_b64 * s_yb + o_ti[:, None].to(tl.int64) * s_yl + i_h * s_yh + o_p[None, :] * s_yp
-        b_dy = tl.load(p_dy, mask=m_ip, other=0.0)  # (BQ, P)
-        p_x = X + i_b64 * s_xb + o_ti[:, None].to(tl.int64) * s_xl + i_h * s_xh + o_p[None, :] * s_xp
-        b_x = tl.load(p_x, mask=m_ip, other=0.0)  # (BQ, P)
-        m_pn = m_p[:, None] & m_n[None, :]
-        p_pn = o_s0 + o_p[:, None] * N + o_n[None, :]
-        b_s = tl.load(STATES + p_pn, mask=m_pn, other=0.0).to(b_ci.dtype)  # (P, N)
-        b_g = tl.load(GSTATES + p_pn, mask=m_pn, other=0.0).to(b_ci.dtype)  # (P, N)
-        b_cs = _dot(b_ci, tl.trans(b_s), PREC, F32)  # (BQ, P) = C_i S^T
-        tl.store(DCUM_T + buf0 + o_i, b_in * tl.sum(b_dy.to(tl.float32) * b_cs, axis=1))
-        b_dc += _dot(b_dy, b_s.to(b_dy.dtype), PREC, F32) * b_in[:, None]
-        b_db_out += _dot(b_x, b_g.to(b_x.dtype), PREC, F32) * b_out[:, None]
     if STATE_HERE:
+        b_db_out = tl.zeros([BLOCK_Q, BLOCK_N], dtype=tl.float32)
+        for hh in range(0, HPP):
+            i_h = i_g * HPG + i_sp * HPP + hh
+            i_bh64 = (i_b * H + i_h).to(tl.int64)
+            buf0 = (i_bh64 * NC + i_c) * Q + i_qb * BLOCK_Q
+            o_s0 = (i_bh64 * NC + i_c) * P * N
+            b_cum = tl.load(CUM_BUF + buf0 + o_i)
+            b_dt = tl.load(DT_BUF + buf0 + o_i)
+            b_in = tl.where(w_ok, tl.exp(b_cum), 0.0)
+            b_out = tl.exp(tl.load(SUF_BUF + buf0 + o_i))  # e^{cum_end − cum}
+            if HAS_SEG:
+                b_out = tl.where(b_seg_i == seg_end, b_out, 0.0)
+            b_out = tl.where(m_ti, b_out, 0.0) * b_dt
+            p_dy = DY + i_b64 * s_yb + o_ti[:, None].to(tl.int64) * s_yl + i_h * s_yh + o_p[None, :] * s_yp
+            b_dy = tl.load(p_dy, mask=m_ip, other=0.0)  # (BQ, P)
+            p_x = X + i_b64 * s_xb + o_ti[:, None].to(tl.int64) * s_xl + i_h * s_xh + o_p[None, :] * s_xp
+            b_x = tl.load(p_x, mask=m_ip, other=0.0)  # (BQ, P)
+            m_pn = m_p[:, None] & m_n[None, :]
+            p_pn = o_s0 + o_p[:, None] * N + o_n[None, :]
+            b_s = tl.load(STATES + p_pn, mask=m_pn, other=0.0).to(b_ci.dtype)  # (P, N)
+            b_g = tl.load(GSTATES + p_pn, mask=m_pn, other=0.0).to(b_ci.dtype)  # (P, N)
+            b_dcum_t, b_dc_h = _carried_in_bwd(b_ci, b_dy, b_s, b_in, PREC, F32)
+            tl.store(DCUM_T + buf0 + o_i, b_dcum_t)
+            b_dc += b_dc_h
+            b_db_out += _dot(b_x, b_g.to(b_x.dtype), PREC, F32) * b_out[:, None]
         p_dbi = DB + i_b64 * s_gb + o_ti[:, None].to(tl.int64) * s_gl + i_g * s_gg + o_n[None, :] * s_gn
         tl.atomic_add(p_dbi, b_db_out, mask=m_in)
     # -- the block pairs (i, j), j <= i
@@ -418,6 +443,8 @@ def _chunk_bwd_dx_kernel(
         b_seg_j = tl.load(SEG + i_b64 * L + o_tj, mask=m_tj, other=-1)
         seg_end = tl.load(SEG + i_b64 * L + tl.minimum(i_c * Q + Q, L) - 1)
         b_out = tl.where(b_seg_j == seg_end, b_out, 0.0)
+    else:
+        b_seg_j = o_tj  # no documents: a placeholder for _query_block, unused
     b_out = tl.where(m_tj, b_out, 0.0)
     p_g = GSTATES + (i_bh.to(tl.int64) * NC + i_c) * P * N + o_p[:, None] * N + o_n[None, :]
     b_g = tl.load(p_g, mask=m_p[:, None] & m_n[None, :], other=0.0).to(b_bj.dtype)  # (P, N)
@@ -438,25 +465,16 @@ def _chunk_bwd_dx_kernel(
             seg_prev = tl.load(SEG + i_b64 * L + i_c * Q - 1, mask=i_c > 0, other=0)
             b_in = tl.where(b_seg_j == seg_prev, b_in, 0.0)
         b_in = tl.where(m_tj, b_in, 0.0)
-        b_cs = _dot(b_cj, tl.trans(b_s), PREC, F32)  # (BQ, P) = C_j S^T
-        tl.store(DCUM_T + buf0 + i_jb * BLOCK_Q + o_i, b_in * tl.sum(b_dyj.to(tl.float32) * b_cs, axis=1))
+        b_dcum_t, b_dc = _carried_in_bwd(b_cj, b_dyj, b_s, b_in, PREC, F32)
+        tl.store(DCUM_T + buf0 + i_jb * BLOCK_Q + o_i, b_dcum_t)
         o_gj = i_b64 * s_gb + o_tj[:, None].to(tl.int64) * s_gl + i_g * s_gg + o_n[None, :] * s_gn
-        tl.atomic_add(DC + o_gj, _dot(b_dyj, b_s.to(b_dyj.dtype), PREC, F32) * b_in[:, None], mask=m_jn)
+        tl.atomic_add(DC + o_gj, b_dc, mask=m_jn)
         tl.atomic_add(DB + o_gj, _dot(b_xj, b_g.to(b_xj.dtype), PREC, F32) * (b_out * b_dt_j)[:, None],
                       mask=m_jn)
     for i_ib in range(i_jb, n_qb):  # query blocks t >= s
-        o_ti = i_c * Q + i_ib * BLOCK_Q + o_i
-        m_ti = o_ti < L
-        b_cum_i = tl.load(CUM_BUF + buf0 + i_ib * BLOCK_Q + o_i)
-        p_ci = C + i_b64 * s_cb + o_ti[:, None].to(tl.int64) * s_cl + i_g * s_cg + o_n[None, :] * s_cn
-        b_ci = tl.load(p_ci, mask=m_ti[:, None] & m_n[None, :], other=0.0)  # (BQ, N)
-        p_dyi = DY + i_b64 * s_yb + o_ti[:, None].to(tl.int64) * s_yl + i_h * s_yh + o_p[None, :] * s_yp
-        b_dyi = tl.load(p_dyi, mask=m_ti[:, None] & m_p[None, :], other=0.0)  # (BQ, P)
-        m_ji = (o_ti[None, :] >= o_tj[:, None]) & m_ti[None, :]
-        if HAS_SEG:
-            b_seg_i = tl.load(SEG + i_b64 * L + o_ti, mask=m_ti, other=-2)
-            m_ji = m_ji & (b_seg_j[:, None] == b_seg_i[None, :])
-        b_dec = tl.exp(tl.where(m_ji, b_cum_i[None, :] - b_cum_j[:, None], -float("inf")))  # (s, t)
+        b_ci, b_dyi, b_dec = _query_block(
+            C, DY, SEG, CUM_BUF, buf0, i_ib, o_tj, b_cum_j, b_seg_j, i_b64, i_c, i_h, i_g, L,
+            s_cb, s_cl, s_cg, s_cn, s_yb, s_yl, s_yh, s_yp, o_n, m_n, o_p, m_p, Q, BLOCK_Q, HAS_SEG)
         b_bc = _dot(b_bj, tl.trans(b_ci).to(b_bj.dtype), PREC, F32)  # (BQ_s, BQ_t) = B_s · C_t
         b_dx += _dot((b_bc * b_dec * b_dt_j[:, None]).to(b_dyi.dtype), b_dyi, PREC, F32)
     if HAS_D:
@@ -497,7 +515,7 @@ def _grouped_tail_kernel(
     # only the pairs j <= i were written: the loads are masked to them
     for i in tl.static_range(n_qb):  # COLS[i, :]: pair (i, j = k) column sums of M / dt, s in block k
         b_c = tl.load(COLS + (i_bc * n_qb + i) * Q + o_q, mask=o_k[:, None] <= i, other=0.0).to(f64)
-        b_ddt += tl.where(o_k[:, None] <= i, b_c, 0.0)
+        b_ddt += b_c
         b_cm = b_c * b_dt
         b_d += tl.where(o_k[:, None] < i, tl.cumsum(b_cm, axis=1) - b_cm, 0.0)
     for j in tl.static_range(n_qb):  # ROWS[j, :]: pair (i = k, j) row sums of M, t in block k

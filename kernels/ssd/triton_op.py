@@ -50,7 +50,7 @@ class _SSDFunction(torch.autograd.Function):
                       None if dt_bias is None else dt_bias.dtype,
                       None if initial_state is None else initial_state.dtype)
         ctx.has_init = initial_state is not None
-        ctx.grouped = backward_choice() == "grouped" or None  # None: BWD_CFG decides
+        ctx.grouped = True if backward_choice() == "grouped" else None  # None: BWD_CFG decides
         return y, final
 
     @staticmethod
