@@ -574,7 +574,7 @@ def _grouped_tail_kernel(
 # 3.7e-6. Opt-in until the fused tail's GPU check and timing (gpu_kernel_round.sh pending).
 # group_state 0 moves the carried-state terms (12.6 of the group kernel's ~19.8 MFLOP per chunk
 # and head, per head and not shared) to the dx kernel, with dB / dC atomics there: sm_90, group
-# kernel 252 registers and 82 KB of shared memory (140 KB with them), dx kernel 255 + 192 B of
+# kernel 247 registers and 82 KB of shared memory (140 KB with them), dx kernel 255 + 208 B of
 # spill at 4 warps (221, none, without them). Interpreter only; timed by the SSD table.
 BWD_CFG = {"BLOCK_Q": 64, "BLOCK_Q_wide_state": 64, "chunk_bwd_warps": 8,
            "pass_block": 512, "pass_warps": 4, "rect_dA": True,
